@@ -1,0 +1,276 @@
+"""The DFM objective: a diffusion model over observations whose network predicts signals.
+
+Notation follows Tewari, Yin et al. (NeurIPS 2023). A *signal* S is never observed
+directly; observations are ``O = forward(S, phi)`` for forward-model parameters phi.
+The network ``denoise_theta(O_ctxt, O_t^trgt; t, phi_ctxt, phi_trgt)`` returns a
+signal, and the forward model renders it back to observation space:
+
+    target loss  (eq. 8):  || O^trgt  - forward(S_hat, phi^trgt)  ||
+    novel loss   (eq. 9):  || O^novel - forward(S_hat, phi^novel) ||
+
+The novel-view term is what makes the learned distribution one over signals
+(Proposition 1 of the supplementary): ``phi^novel`` is never shown to the network.
+Sampling runs a standard diffusion sampler over the *target observation*, with the
+denoised estimate ``x0_hat = forward(S_hat, phi^trgt)``; the final S_hat is the sample.
+
+Nothing here knows what a signal, an observation or a parameter is: applications plug
+in a forward model, a signal predictor and the batches that carry their parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from dfm_core.sampling import Denoised
+from dfm_core.schedules import NoiseSchedule
+
+__all__ = [
+    "Condition",
+    "Context",
+    "DFMBatch",
+    "ForwardDiffusion",
+    "ForwardModel",
+    "Regularizer",
+    "SignalPredictor",
+    "drop_context",
+]
+
+
+@runtime_checkable
+class ForwardModel(Protocol):
+    """Maps a signal and forward-model parameters to an observation.
+
+    ``forward(signal, params) -> observation`` of shape (B, *obs_shape). ``signal`` is
+    opaque to the core (a radiance field, a flow field, a StyleGAN ``w`` code...).
+    Must be differentiable in ``signal``.
+    """
+
+    def __call__(self, signal: Any, params: Any) -> Tensor: ...
+
+
+@runtime_checkable
+class SignalPredictor(Protocol):
+    """The network: ``(context, noisy_target, t, target_params) -> signal``.
+
+    Args (of ``__call__``):
+        context: the (possibly encoded, possibly dropped) context, see ``Context``.
+        noisy_target: x_t, shape (B, *obs_shape).
+        t: float timesteps, shape (B,), in [0, T-1]; may be fractional at sampling time.
+        target_params: forward-model parameters of the target observation.
+
+    A predictor may also define ``encode_context(context) -> encoded``. The core then
+    calls it once per sample (not once per denoising step) and hands the encoded
+    context to ``__call__``; this is where expensive per-context work belongs.
+    """
+
+    def __call__(self, context: Any, noisy_target: Tensor, t: Tensor, target_params: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """Context observations and their forward-model parameters.
+
+    Applications may subclass it to carry more fields (absolute poses, intrinsics...);
+    the core only touches ``observation``, which it zeroes to drop a sample's context
+    for classifier-free guidance (as in the paper, supplementary section 2.4).
+
+    Attributes:
+        observation: shape (B, ...), the context observation(s).
+        params: forward-model parameters of the context, opaque to the core.
+    """
+
+    observation: Tensor
+    params: Any = None
+
+
+def drop_context(context: Context, keep: Tensor) -> Context:
+    """Zero the context observation of the samples where ``keep`` is False.
+
+    Args:
+        context: batch of contexts, observation shape (B, ...).
+        keep: shape (B,), bool.
+    """
+    observation = context.observation
+    mask = keep.to(observation.dtype).reshape(-1, *([1] * (observation.ndim - 1)))
+    return dataclasses.replace(context, observation=observation * mask)
+
+
+@dataclass(frozen=True)
+class DFMBatch:
+    """One training batch of the DFM objective.
+
+    Attributes:
+        context: context observations and parameters, batch size B.
+        target: clean target observation O^trgt, shape (B, *obs_shape).
+        target_params: forward-model parameters phi^trgt (the network sees these).
+        novel: observation(s) at parameters the network never sees, any shape that
+            ``forward(signal, novel_params)`` produces; None disables the novel loss.
+        novel_params: phi^novel.
+    """
+
+    context: Context
+    target: Tensor
+    target_params: Any
+    novel: Tensor | None = None
+    novel_params: Any = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Everything the denoiser is conditioned on, with the context already encoded."""
+
+    context: Any
+    target_params: Any
+
+
+class Regularizer(Protocol):
+    """A named extra loss term: ``(signal, batch, t) -> scalar``."""
+
+    def __call__(self, signal: Any, batch: DFMBatch, t: Tensor) -> Tensor: ...
+
+
+@dataclass
+class _WeightedRegularizer:
+    weight: float
+    fn: Regularizer
+
+
+LossType = Literal["l2", "l1"]
+
+
+class ForwardDiffusion(nn.Module):
+    """Signal predictor + forward model + noise schedule, trained with the DFM objective.
+
+    Args:
+        predictor: the network, see ``SignalPredictor``.
+        forward_model: see ``ForwardModel``. If it is an ``nn.Module`` it is registered
+            as a submodule (so e.g. frozen generator weights move with ``.to()``).
+        schedule: noise process over target observations.
+        loss_type: ``"l2"`` (the paper) or ``"l1"``.
+        novel_weight: weight of the novel-view loss (eq. 9).
+        context_dropout: probability with which each sample's context is dropped in
+            training, for classifier-free guidance (0.1 in the paper).
+        regularizers: named extra terms, ``{name: (weight, fn)}``.
+    """
+
+    def __init__(
+        self,
+        predictor: nn.Module,
+        forward_model: ForwardModel,
+        schedule: NoiseSchedule,
+        *,
+        loss_type: LossType = "l2",
+        novel_weight: float = 1.0,
+        context_dropout: float = 0.1,
+        regularizers: Mapping[str, tuple[float, Regularizer]] | None = None,
+    ) -> None:
+        super().__init__()
+        if loss_type not in ("l2", "l1"):
+            raise ValueError(f"loss_type: expected 'l2' or 'l1', got {loss_type!r}")
+        if not 0.0 <= context_dropout < 1.0:
+            raise ValueError(f"context_dropout: expected a probability in [0, 1), got {context_dropout}")
+        if novel_weight < 0:
+            raise ValueError(f"novel_weight: expected >= 0, got {novel_weight}")
+        self.predictor = predictor
+        self.forward_model = forward_model
+        self.schedule = schedule
+        self.loss_type: LossType = loss_type
+        self.novel_weight = novel_weight
+        self.context_dropout = context_dropout
+        self.regularizers: dict[str, _WeightedRegularizer] = {}
+        for name, (weight, fn) in (regularizers or {}).items():
+            if name in ("loss", "target", "novel"):
+                raise ValueError(f"regularizers: name {name!r} is reserved")
+            self.regularizers[name] = _WeightedRegularizer(float(weight), fn)
+
+    # ---- training -------------------------------------------------------------------
+    def forward(self, batch: DFMBatch, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The DFM loss terms for one batch (called by the trainer).
+
+        Returns:
+            ``{"loss": total, "target": ..., "novel": ..., <regularizer names>: ...}``,
+            each a scalar; ``total`` = target + novel_weight * novel + sum(w_i * reg_i).
+        """
+        target = batch.target
+        batch_size = target.shape[0]
+        device = target.device
+        generator_device = generator.device if generator is not None else device
+
+        # t ~ U{0..T-1} and eps ~ N(0, I), per sample, from the injected generator.
+        t = torch.randint(
+            0, self.schedule.num_timesteps, (batch_size,), generator=generator, device=generator_device
+        ).to(device)
+        noise = torch.randn(target.shape, generator=generator, device=generator_device).to(device, target.dtype)
+        noisy_target = self.schedule.add_noise(target, t, noise)
+
+        # Classifier-free guidance: drop each sample's context independently.
+        keep = torch.rand(batch_size, generator=generator, device=generator_device).to(device) >= self.context_dropout
+        context = drop_context(batch.context, keep)
+
+        signal = self.predictor(self.encode_context(context), noisy_target, t.to(target.dtype), batch.target_params)
+        terms: dict[str, Tensor] = {}
+        terms["target"] = self._distance(self.forward_model(signal, batch.target_params), target)
+        total = terms["target"]
+        if batch.novel is not None:
+            terms["novel"] = self._distance(self.forward_model(signal, batch.novel_params), batch.novel)
+            total = total + self.novel_weight * terms["novel"]
+        for name, term in self.regularizers.items():
+            terms[name] = term.fn(signal, batch, t)
+            total = total + term.weight * terms[name]
+        terms["loss"] = total
+        return terms
+
+    def _distance(self, prediction: Tensor, reference: Tensor) -> Tensor:
+        if prediction.shape != reference.shape:
+            raise ValueError(
+                f"forward model output has shape {tuple(prediction.shape)} but the observation it is "
+                f"compared with has shape {tuple(reference.shape)}"
+            )
+        error = prediction - reference
+        per_element = error.square() if self.loss_type == "l2" else error.abs()
+        return per_element.mean()
+
+    # ---- sampling ----------------------------------------------------------------------
+    def encode_context(self, context: Any) -> Any:
+        """Run the predictor's optional ``encode_context`` (once per sample)."""
+        encode = getattr(self.predictor, "encode_context", None)
+        return encode(context) if callable(encode) else context
+
+    def condition(self, context: Context, target_params: Any, *, drop: bool = False) -> Condition:
+        """Encode a context once for a whole sampling run.
+
+        Args:
+            context: batch of contexts.
+            target_params: forward-model parameters of the observation to sample.
+            drop: encode the dropped (all-zero) context instead, for the unconditional
+                branch of classifier-free guidance.
+        """
+        if drop:
+            keep = torch.zeros(context.observation.shape[0], dtype=torch.bool, device=context.observation.device)
+            context = drop_context(context, keep)
+        return Condition(self.encode_context(context), target_params)
+
+    def denoise(self, x_t: Tensor, t: Tensor, condition: Condition) -> Denoised:
+        """Predict the signal from x_t and render it at the target parameters.
+
+        Args:
+            x_t: noisy target observation, shape (B, *obs_shape).
+            t: float timesteps, shape (B,).
+            condition: from ``condition()``.
+
+        Returns:
+            ``Denoised(x0=forward(signal, phi^trgt), signal=signal)``.
+        """
+        signal = self.predictor(condition.context, x_t, t, condition.target_params)
+        return Denoised(x0=self.forward_model(signal, condition.target_params), signal=signal)
+
+    def denoiser(self, condition: Condition) -> Callable[[Tensor, Tensor], Denoised]:
+        """Bind a condition, giving the ``denoiser(x_t, t)`` callable samplers take."""
+        return lambda x_t, t: self.denoise(x_t, t, condition)
+

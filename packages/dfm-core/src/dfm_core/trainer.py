@@ -1,0 +1,990 @@
+"""The one training loop used by every DFM application.
+
+Model contract
+--------------
+The trained object is an ``nn.Module`` whose forward pass computes the loss::
+
+    def forward(self, batch, *, generator: torch.Generator) -> dict[str, Tensor]: ...
+
+* ``batch`` is what the dataset (and ``collate_fn``) produced, already moved to the
+  training device with :func:`dfm_core.tree.tree_to` (tensors, dataclasses, tuples,
+  dicts of tensors).
+* The return value maps names to **scalar** (0-dim) loss tensors. Key ``"loss"`` is the
+  total that is back-propagated; the other keys (e.g. ``"target"``, ``"novel_view"``,
+  ``"depth_smooth"``) are logged. Every rank must return the same keys on every step.
+* **All randomness** (noise, diffusion timesteps, conditioning dropout masks) must be
+  drawn from ``generator``, e.g. ``torch.randn(shape, generator=generator,
+  device=generator.device)``. The trainer owns that generator, lives on the training
+  device, seeds it distinctly per rank and checkpoints it, which is what makes resume
+  bit-identical. (The global RNGs are seeded per rank and checkpointed too, so modules
+  such as ``nn.Dropout`` that cannot take a generator also resume exactly.)
+* The loss is computed in ``forward`` rather than in a side method so that DDP's
+  gradient all-reduce hooks fire.
+
+Data
+----
+A map-style ``torch.utils.data.Dataset`` (plus an optional ``collate_fn``). The trainer
+builds its own ``DataLoader`` around a :class:`ShardedBatchSampler`: each epoch is a
+permutation drawn from ``(seed, epoch)``; every optimiser step consumes the next
+``batch_size * world_size * grad_accum_steps`` positions, rank ``r`` taking a contiguous
+``batch_size`` slice of each micro-batch, so a DDP run sees exactly the global batches of
+a single-process run with ``batch_size * world_size``. Resuming starts mid-epoch at the
+saved batch offset without loading the skipped items.
+
+Data randomness (augmentation, frame sampling) is resumable as well: before each
+``dataset[i]`` the global ``random``/``numpy``/``torch`` RNGs are seeded from
+``(seed, epoch, i)``, so an item's randomness depends on neither the rank, the batch
+size nor ``num_workers`` (in the main process the previous RNG states are restored
+afterwards). Datasets that draw from their own per-item generator instead (dfm-data's
+``item_rng(seed, epoch, index)``) get ``dataset.set_epoch(epoch)`` called, if they define
+it, before each epoch's workers start. ``worker_init_fn`` seeds each worker from
+``(seed, rank, epoch, worker)`` for whatever runs outside ``__getitem__`` (e.g.
+``collate_fn``).
+
+Distributed
+-----------
+Launch with ``torchrun --nproc_per_node N``: the trainer initialises the process group
+from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR`` (NCCL on CUDA, gloo on CPU)
+unless one is already initialised, wraps the model in DDP, uses ``no_sync`` on all but
+the last micro-batch of an accumulated step, and all-reduces the loss terms every step
+(the non-finite check is therefore global). Only rank 0 writes checkpoints, metrics and
+the progress bar; :meth:`Trainer.save_checkpoint` gathers every rank's RNG states, and
+:meth:`Trainer.resume` restores the full state on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import random
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from tqdm.auto import tqdm
+
+from dfm_core.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_train_state,
+    load_weights,
+    save_checkpoint,
+)
+from dfm_core.ema import EMA
+from dfm_core.tree import tree_to
+
+__all__ = [
+    "NonFiniteLossError",
+    "OptimizerConfig",
+    "ShardedBatchSampler",
+    "Trainer",
+    "TrainerConfig",
+    "derive_seed",
+    "learning_rate_at",
+    "worker_seed",
+]
+
+Callback = Callable[["Trainer", int], None]
+
+# Domain tags keep the seed streams of different consumers apart.
+_SEED_GLOBAL, _SEED_GENERATOR, _SEED_PERMUTATION, _SEED_ITEM, _SEED_WORKER, _SEED_LOADER = range(6)
+_OPTIMIZERS = ("adam", "adamw")
+_SCHEDULES = ("constant", "cosine")
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def derive_seed(*keys: int) -> int:
+    """A 64-bit seed mixed from non-negative integer ``keys`` (numpy ``SeedSequence``).
+
+    Distinct key tuples give statistically independent seeds, unlike ``seed + rank``
+    schemes whose streams collide across (rank, worker) pairs.
+    """
+    if any(key < 0 for key in keys):
+        raise ValueError(f"derive_seed: keys must be non-negative, got {keys}")
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0])
+
+
+def worker_seed(seed: int, rank: int, epoch: int, worker_id: int) -> int:
+    """Seed of DataLoader worker ``worker_id`` on ``rank`` in ``epoch`` (distinct for each)."""
+    return derive_seed(seed, _SEED_WORKER, rank, epoch, worker_id)
+
+
+def _seed_globals(seed: int) -> None:
+    """Seed Python's, numpy's and torch's CPU global RNG (not CUDA's) from one 64-bit seed.
+
+    The legacy numpy global RNG is seeded on purpose: it is what datasets commonly draw
+    augmentation randomness from.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    torch.default_generator.manual_seed(seed)
+
+
+def _init_worker(seed: int, rank: int, epoch: int, worker_id: int) -> None:
+    _seed_globals(worker_seed(seed, rank, epoch, worker_id))
+
+
+class _SeededItems(Dataset):
+    """Wraps a dataset so that ``dataset[i]`` runs with global RNGs seeded from (seed, epoch, i)."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        item_seed = derive_seed(self.seed, _SEED_ITEM, self.epoch, index)
+        if get_worker_info() is not None:  # a worker process: its RNGs are ours to set
+            _seed_globals(item_seed)
+            return self.dataset[index]
+        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())  # noqa: NPY002
+        try:
+            _seed_globals(item_seed)
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])  # noqa: NPY002
+            torch.set_rng_state(saved[2])
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Seeded, rank-sharded, resumable batch sampler over ``range(num_items)``.
+
+    Epoch ``e`` uses the permutation drawn from ``(seed, e)`` (identity if not
+    ``shuffle``). Micro-batch ``b`` covers permutation positions
+    ``[b * B * W, (b + 1) * B * W)``; rank ``r`` gets the slice starting at
+    ``b * B * W + r * B``. Trailing items that do not fill a whole optimiser step
+    (``B * W * grad_accum_steps`` items) are dropped, so all ranks yield the same number
+    of batches and accumulating ``A`` micro-batches of ``B`` sees exactly the items of
+    one batch of ``A * B``, epoch boundaries included.
+
+    Args:
+        num_items: dataset length.
+        batch_size: per-rank batch size ``B``.
+        world_size: number of ranks ``W``.
+        rank: this rank, in ``[0, W)``.
+        seed: base seed of the permutations.
+        epoch: which epoch's permutation to use.
+        start_batch: skip the first ``start_batch`` batches (resume mid-epoch); the
+            skipped items are never loaded.
+        shuffle: permute (``True``) or keep dataset order.
+        grad_accum_steps: micro-batches per optimiser step ``A`` (sets the drop unit).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+        shuffle: bool = True,
+        grad_accum_steps: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"ShardedBatchSampler: batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"ShardedBatchSampler: need 0 <= rank < world_size, got rank={rank}, "
+                f"world_size={world_size}"
+            )
+        if start_batch < 0:
+            raise ValueError(f"ShardedBatchSampler: start_batch must be >= 0, got {start_batch}")
+        if grad_accum_steps < 1:
+            raise ValueError(
+                f"ShardedBatchSampler: grad_accum_steps must be >= 1, got {grad_accum_steps}"
+            )
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.epoch = epoch
+        self.start_batch = start_batch
+        self.shuffle = shuffle
+        self.grad_accum_steps = grad_accum_steps
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches per epoch and rank (the same on every rank)."""
+        per_step = self.batch_size * self.world_size * self.grad_accum_steps
+        return self.num_items // per_step * self.grad_accum_steps
+
+    def permutation(self) -> Tensor:
+        """This epoch's order of the dataset indices, shape ``(num_items,)``."""
+        if not self.shuffle:
+            return torch.arange(self.num_items)
+        generator = torch.Generator().manual_seed(
+            derive_seed(self.seed, _SEED_PERMUTATION, self.epoch)
+        )
+        return torch.randperm(self.num_items, generator=generator)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.permutation()
+        global_batch = self.batch_size * self.world_size
+        for b in range(self.start_batch, self.batches_per_epoch):
+            start = b * global_batch + self.rank * self.batch_size
+            yield order[start : start + self.batch_size].tolist()
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: str = "adamw"
+    """``"adam"`` (L2 weight decay) or ``"adamw"`` (decoupled weight decay)."""
+    lr: float = 1e-4
+    """Peak learning rate, reached at the end of warm-up."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam moment decay rates; the original DFM used ``(0.9, 0.99)``."""
+    eps: float = 1e-8
+    """Adam denominator epsilon."""
+    weight_decay: float = 0.0
+    """Weight decay applied to every trainable parameter."""
+    warmup_steps: int = 1000
+    """Linear warm-up length in optimiser steps: update ``s`` (0-based) uses ``lr * (s + 1) / warmup_steps``."""
+    schedule: str = "constant"
+    """After warm-up: ``"constant"`` or ``"cosine"`` decay to ``min_lr_ratio * lr`` at ``max_steps``."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate of the cosine schedule, as a fraction of ``lr``."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        if self.name not in _OPTIMIZERS:
+            raise ValueError(
+                f"OptimizerConfig.name must be one of {_OPTIMIZERS}, got {self.name!r}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"OptimizerConfig.lr must be > 0, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(
+                f"OptimizerConfig.betas must be two values in [0, 1), got {self.betas!r}"
+            )
+        if not self.eps > 0:
+            raise ValueError(f"OptimizerConfig.eps must be > 0, got {self.eps!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(
+                f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay!r}"
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(
+                f"OptimizerConfig.warmup_steps must be >= 0, got {self.warmup_steps!r}"
+            )
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(
+                f"OptimizerConfig.schedule must be one of {_SCHEDULES}, got {self.schedule!r}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(
+                f"OptimizerConfig.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}"
+            )
+
+    def build(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser over ``params`` (learning rate set per step by the trainer)."""
+        cls = torch.optim.AdamW if self.name == "adamw" else torch.optim.Adam
+        return cls(
+            params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
+        )
+
+
+def learning_rate_at(config: OptimizerConfig, step: int, total_steps: int) -> float:
+    """Learning rate of optimiser update ``step`` (0-based) in a run of ``total_steps``.
+
+    ``lr * (step + 1) / warmup_steps`` during warm-up (so the first update is not
+    wasted at zero), then ``lr`` (constant) or the cosine
+    ``min + (lr - min) * (1 + cos(pi * p)) / 2`` with
+    ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` clipped to ``[0, 1]``.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    low = config.lr * config.min_lr_ratio
+    return low + (config.lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainerConfig:
+    """Everything the training loop needs besides the model and the data."""
+
+    max_steps: int = 100_000
+    """Optimiser steps to train for (the run is done when the step counter reaches it)."""
+    batch_size: int = 8
+    """Micro-batch size per rank; the global batch is ``batch_size * world_size * grad_accum_steps``."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimiser step (each loss scaled by ``1 / grad_accum_steps``)."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimiser and learning-rate schedule."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value; ``None`` disables clipping (the norm is still logged)."""
+    ema_decay: float = 0.999
+    """EMA decay per update, in ``[0, 1)``; the EMA weights are what sampling uses."""
+    ema_every: int = 1
+    """Update the EMA every this many optimiser steps (the original DFM used 10)."""
+    seed: int = 0
+    """Base seed of the per-rank generator, global RNGs, data order and data workers."""
+    num_workers: int = 4
+    """DataLoader worker processes per rank (0 loads in the training process)."""
+    bf16: bool = True
+    """Run ``forward`` under bf16 autocast when training on CUDA; no effect on CPU (always fp32)."""
+    tf32: bool = True
+    """Allow TF32 matmuls on CUDA (``torch.set_float32_matmul_precision("high")``)."""
+    log_every: int = 50
+    """Append a record to ``metrics.jsonl`` every this many steps (means over the interval)."""
+    checkpoint_every: int = 2000
+    """Save a checkpoint every this many steps (and always when ``train`` returns)."""
+    keep_last: int | None = 3
+    """Keep this many newest checkpoints; ``None`` keeps all."""
+    callback_every: int = 2000
+    """Call each callback with ``(trainer, step)`` every this many steps."""
+    progress: bool = True
+    """Show a tqdm progress bar on rank 0 (only when stderr is a terminal)."""
+    find_unused_parameters: bool = False
+    """Passed to DDP; needed when some parameters get no gradient on some steps."""
+    device: str | None = None
+    """Training device; ``None`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.optimizer, Mapping):
+            self.optimizer = OptimizerConfig(**self.optimizer)
+        positive = ("max_steps", "batch_size", "grad_accum_steps", "ema_every", "log_every")
+        for name in (*positive, "checkpoint_every", "callback_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainerConfig.{name} must be a positive integer, got {value!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainerConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainerConfig.ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(
+                f"TrainerConfig.seed must be a non-negative integer, got {self.seed!r}"
+            )
+        if self.num_workers < 0:
+            raise ValueError(f"TrainerConfig.num_workers must be >= 0, got {self.num_workers!r}")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ValueError(
+                f"TrainerConfig.keep_last must be >= 1 or None, got {self.keep_last!r}"
+            )
+
+    def build(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        *,
+        run_dir: str | os.PathLike[str],
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        callbacks: Sequence[Callback] = (),
+        run_config: Any = None,
+    ) -> Trainer:
+        """A :class:`Trainer` for ``model`` on ``dataset`` with this config."""
+        return Trainer(
+            model,
+            dataset,
+            self,
+            run_dir=run_dir,
+            collate_fn=collate_fn,
+            callbacks=callbacks,
+            run_config=run_config,
+        )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term (or the gradient norm) became NaN or infinite; nothing was saved for that step.
+
+    Attributes:
+        step: the optimiser step that failed (1-based: the step that would have completed).
+        terms: names of the non-finite terms (``"grad_norm"`` for the gradient norm).
+    """
+
+    def __init__(self, step: int, terms: Mapping[str, float]) -> None:
+        self.step = step
+        self.terms = tuple(terms)
+        listed = ", ".join(f"{name}={value}" for name, value in terms.items())
+        super().__init__(
+            f"non-finite loss at step {step}: {listed}; training stopped, the last good "
+            "checkpoint is intact (resume from it, e.g. with a lower learning rate)"
+        )
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
+    return {
+        "name": name,
+        "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def _set_numpy_state(state: Mapping[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(  # noqa: NPY002
+        (state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"])
+    )
+
+
+def _python_state() -> dict[str, Any]:
+    version, internal, gauss_next = random.getstate()
+    return {
+        "version": version,
+        "internal": torch.tensor(internal, dtype=torch.int64),
+        "gauss_next": gauss_next,
+    }
+
+
+def _set_python_state(state: Mapping[str, Any]) -> None:
+    internal = tuple(int(x) for x in state["internal"].tolist())
+    random.setstate((state["version"], internal, state["gauss_next"]))
+
+
+class Trainer:
+    """Trains a loss-returning module (see the module docstring for the contract).
+
+    Args:
+        model: the module; moved to the training device and, with several ranks,
+            wrapped in DDP. Its parameters with ``requires_grad`` are optimised.
+        dataset: map-style dataset of training items.
+        config: loop settings.
+        run_dir: the run directory; checkpoints go to ``run_dir/checkpoints`` and
+            metrics to ``run_dir/metrics.jsonl`` (rank 0 only).
+        collate_fn: batches a list of items (default: torch's ``default_collate``).
+        callbacks: called as ``callback(trainer, step)`` every ``config.callback_every``
+            steps on **every** rank (so they may use collectives); write files only when
+            ``trainer.is_main``. Use :meth:`ema_model` to sample.
+        run_config: the application's resolved config (JSON-serialisable, dataclasses
+            allowed), saved into every checkpoint beside the trainer config so weights
+            can be rebuilt without the training script.
+
+    Typical use::
+
+        trainer = Trainer(model, dataset, TrainerConfig(...), run_dir="runs/x")
+        trainer.resume()   # no-op on a fresh run
+        trainer.train()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        config: TrainerConfig,
+        *,
+        run_dir: str | os.PathLike[str],
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        callbacks: Sequence[Callback] = (),
+        run_config: Any = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Trainer: model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(config, TrainerConfig):
+            raise TypeError(f"Trainer: config must be a TrainerConfig, got {type(config).__name__}")
+        self.config = config
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+        self.callbacks = list(callbacks)
+        self.run_config = run_config
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+        self._owns_process_group = self._init_distributed()
+        self.device = self._pick_device()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            if config.tf32:
+                torch.set_float32_matmul_precision("high")
+
+        step_items = config.batch_size * self.world_size * config.grad_accum_steps
+        try:
+            num_items = len(dataset)  # type: ignore[arg-type]
+        except TypeError as error:
+            raise TypeError("Trainer: dataset must be map-style (define __len__)") from error
+        if num_items < step_items:
+            raise ValueError(
+                f"Trainer: dataset has {num_items} items, fewer than one optimiser step needs "
+                f"(batch_size {config.batch_size} x world_size {self.world_size} x "
+                f"grad_accum_steps {config.grad_accum_steps})"
+            )
+        self.num_items = num_items
+
+        _seed_globals(derive_seed(config.seed, _SEED_GLOBAL, self.rank))
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(derive_seed(config.seed, _SEED_GLOBAL, self.rank, 1))
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(derive_seed(config.seed, _SEED_GENERATOR, self.rank))
+
+        self.module = model.to(self.device).train()
+        self._ddp: DistributedDataParallel | None = None
+        if self.world_size > 1:
+            self._ddp = DistributedDataParallel(
+                self.module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=config.find_unused_parameters,
+            )
+        self._params = [p for p in self.module.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError("Trainer: model has no parameters with requires_grad=True")
+        self.optimizer = config.optimizer.build(self._params)
+        self.ema = EMA(self.module, decay=config.ema_decay, every=config.ema_every)
+
+        self.step = 0
+        self.epoch = 0
+        self.epoch_batch = 0  # micro-batches of the current epoch consumed so far
+        self._resume_called = False
+        self._start_checked = False
+        self._stop_requested = False
+        self._last_saved_step: int | None = None
+        self._term_names: list[str] | None = None
+
+    # -- distributed ---------------------------------------------------------
+
+    def _init_distributed(self) -> bool:
+        if dist.is_available() and dist.is_initialized():
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+            self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+            return False
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world_size = world_size
+        if world_size == 1:
+            return False
+        if not dist.is_available():
+            raise RuntimeError("Trainer: WORLD_SIZE > 1 but torch.distributed is unavailable")
+        wanted = self.config.device
+        use_cuda = (
+            torch.cuda.is_available() if wanted is None else torch.device(wanted).type == "cuda"
+        )
+        if use_cuda:
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", init_method="env://", device_id=device)
+        else:
+            dist.init_process_group("gloo", init_method="env://")
+        return True
+
+    def _pick_device(self) -> torch.device:
+        if self.config.device is None:
+            if torch.cuda.is_available():
+                return torch.device("cuda", self.local_rank)
+            return torch.device("cpu")
+        device = torch.device(self.config.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", self.local_rank)
+        return device
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that writes files)."""
+        return self.rank == 0
+
+    def _broadcast(self, obj: Any) -> Any:
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    # -- public helpers ------------------------------------------------------
+
+    def ema_model(self) -> nn.Module:
+        """The EMA copy of the model (eval mode, no grad): use it for sampling."""
+        return self.ema.module
+
+    @property
+    def model(self) -> nn.Module:
+        """The raw (unwrapped, non-EMA) model being optimised."""
+        return self.module
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the next optimiser update."""
+        return learning_rate_at(self.config.optimizer, self.step, self.config.max_steps)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`train` to stop after the next completed step, save and return.
+
+        Safe to call from a signal handler (e.g. a SLURM preemption signal). The flag is
+        read when a step all-reduces its losses, so with DDP all ranks stop after the
+        same step even if only some of them received the request.
+        """
+        self._stop_requested = True
+
+    def close(self) -> None:
+        """Destroy the process group if the trainer created it (call once, at the very end)."""
+        if self._owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_process_group = False
+
+    # -- data ----------------------------------------------------------------
+
+    def _batch_stream(self) -> Generator[Any, None, None]:
+        cfg = self.config
+        pin = self.device.type == "cuda"
+        while True:
+            sampler = ShardedBatchSampler(
+                self.num_items,
+                cfg.batch_size,
+                world_size=self.world_size,
+                rank=self.rank,
+                seed=cfg.seed,
+                epoch=self.epoch,
+                start_batch=self.epoch_batch,
+                grad_accum_steps=cfg.grad_accum_steps,
+            )
+            if self.epoch_batch >= sampler.batches_per_epoch:
+                self.epoch, self.epoch_batch = self.epoch + 1, 0
+                continue
+            set_epoch = getattr(self.dataset, "set_epoch", None)
+            if callable(set_epoch):  # before the workers fork, so they see it too
+                set_epoch(self.epoch)
+            loader = DataLoader(
+                _SeededItems(self.dataset, cfg.seed, self.epoch),
+                batch_sampler=sampler,
+                num_workers=cfg.num_workers,
+                collate_fn=self.collate_fn,
+                pin_memory=pin,
+                worker_init_fn=functools.partial(_init_worker, cfg.seed, self.rank, self.epoch),
+                # A dedicated generator: DataLoader draws its base seed from it, which
+                # would otherwise consume the global torch RNG and break exact resume.
+                generator=torch.Generator().manual_seed(
+                    derive_seed(cfg.seed, _SEED_LOADER, self.rank, self.epoch)
+                ),
+            )
+            for batch in loader:
+                self.epoch_batch += 1
+                yield tree_to(batch, self.device, non_blocking=pin)
+
+    # -- one step ------------------------------------------------------------
+
+    def _check_terms(self, terms: Any) -> list[str]:
+        if not isinstance(terms, Mapping) or "loss" not in terms:
+            raise TypeError(
+                "Trainer: model(batch, generator=...) must return a dict of scalar loss "
+                f"tensors with key 'loss', got {type(terms).__name__}"
+                + (f" with keys {sorted(terms)}" if isinstance(terms, Mapping) else "")
+            )
+        for name, value in terms.items():
+            if not isinstance(value, Tensor) or value.ndim != 0:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise TypeError(f"Trainer: loss term {name!r} must be a 0-dim tensor, got {shape}")
+        names = ["loss", *sorted(name for name in terms if name != "loss")]
+        if self._term_names is not None and names != self._term_names:
+            raise ValueError(
+                f"Trainer: loss terms changed from {self._term_names} to {names}; the model "
+                "must return the same keys on every step"
+            )
+        return names
+
+    def _train_step(self, stream: Iterator[Any]) -> tuple[dict[str, float], float, float, bool]:
+        cfg = self.config
+        accum = cfg.grad_accum_steps
+        lr = self.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        model: nn.Module = self._ddp if self._ddp is not None else self.module
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda" and cfg.bf16
+            else contextlib.nullcontext()
+        )
+        total: Tensor | None = None
+        names: list[str] = []
+        for micro in range(accum):
+            batch = next(stream)
+            skip_sync = self._ddp is not None and micro < accum - 1
+            with self._ddp.no_sync() if skip_sync else contextlib.nullcontext():  # type: ignore[union-attr]
+                with autocast:
+                    terms = model(batch, generator=self.generator)
+                names = self._term_names = self._check_terms(terms)
+                loss = terms["loss"] / accum if accum > 1 else terms["loss"]
+                loss.backward()
+            values = torch.stack([terms[name].detach().float() for name in names])
+            total = values if total is None else total + values
+        assert total is not None
+        means = total / accum if accum > 1 else total
+        stop = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.device)
+        packed = torch.cat([means, stop])
+        if self.world_size > 1:
+            dist.all_reduce(packed)  # NaN/inf on any rank makes the sum non-finite
+            packed = torch.cat([packed[:-1] / self.world_size, packed[-1:]])
+        if cfg.grad_clip is not None:  # returns the norm before clipping
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
+        else:
+            grads = [p.grad for p in self._params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        host = torch.cat([packed, grad_norm.reshape(1).to(packed)]).tolist()
+        values_host, stop_flag, norm = host[: len(names)], host[-2], host[-1]
+        named = dict(zip(names, values_host, strict=True))
+        bad = {name: value for name, value in named.items() if not math.isfinite(value)}
+        if not bad and not math.isfinite(norm):
+            bad = {"grad_norm": norm}
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(self.step + 1, bad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.ema.update(self.module, self.step)
+        return named, lr, norm, stop_flag > 0
+
+    # -- loop ----------------------------------------------------------------
+
+    def _check_fresh_start(self) -> None:
+        if self._start_checked:
+            return
+        self._start_checked = True
+        existing = None
+        if self.is_main and not self._resume_called and self.step == 0:
+            found = list_checkpoints(self.checkpoint_dir)
+            existing = found[-1][0] if found else None
+        existing = self._broadcast(existing)
+        if existing is not None:
+            raise ValueError(
+                f"Trainer: {self.checkpoint_dir} already holds checkpoints up to step {existing}; "
+                "call trainer.resume() first or use a fresh run_dir"
+            )
+
+    def train(self, until_step: int | None = None) -> None:
+        """Train until ``until_step`` (default ``config.max_steps``) steps are done.
+
+        Saves a checkpoint every ``checkpoint_every`` steps and when returning; a
+        :meth:`request_stop` also saves and returns. Call on every rank.
+
+        Raises:
+            NonFiniteLossError: a loss term or the gradient norm went NaN/inf; the step was
+                not applied and nothing was saved for it.
+        """
+        cfg = self.config
+        target = cfg.max_steps if until_step is None else min(until_step, cfg.max_steps)
+        self._check_fresh_start()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        # DataLoader workers live for one train() call: closing the stream in `finally`
+        # shuts them down promptly (left to the garbage collector, a worker iterator
+        # caught in a reference cycle waits 5 s per worker). The sampler position is
+        # tracked per consumed batch, so restarting the workers later is exact.
+        stream = self._batch_stream()
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            disable=None if (self.is_main and cfg.progress) else True,
+            desc="train",
+            dynamic_ncols=True,
+        )
+        sums: dict[str, float] = {}
+        count, last_time = 0, time.perf_counter()
+        stopped = False
+        try:
+            while self.step < target and not stopped:
+                named, lr, norm, stopped = self._train_step(stream)
+                for name, value in {**named, "grad_norm": norm}.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                count += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == target or stopped:
+                    now = time.perf_counter()
+                    record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+                    record |= {name: total / count for name, total in sums.items()}
+                    record |= {"lr": lr, "it_per_s": count / max(now - last_time, 1e-9)}
+                    self._write_metrics(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{lr:.3g}")
+                    sums, count, last_time = {}, 0, now
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.step % cfg.callback_every == 0:
+                    for callback in self.callbacks:
+                        callback(self, self.step)
+            if self._last_saved_step != self.step:
+                self.save_checkpoint()
+        finally:
+            stream.close()
+            bar.close()
+            self._stop_requested = False
+
+    def _write_metrics(self, record: Mapping[str, Any]) -> None:
+        if not self.is_main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def _rng_state(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "numpy": _numpy_state(),
+            "python": _python_state(),
+        }
+
+    def _set_rng_state(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch"])
+        if self.device.type == "cuda" and state["cuda"] is not None:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+        _set_numpy_state(state["numpy"])
+        _set_python_state(state["python"])
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The config stored with every checkpoint: trainer settings plus ``run_config``."""
+        return {"trainer": dataclasses.asdict(self.config), "run": self.run_config}
+
+    def save_checkpoint(self) -> Path | None:
+        """Save the full training state (call on every rank; rank 0 writes).
+
+        Returns:
+            The checkpoint directory on rank 0, ``None`` on the other ranks.
+        """
+        rng: list[Any] = [self._rng_state()]
+        if self.world_size > 1:
+            rng = [None] * self.world_size
+            dist.all_gather_object(rng, self._rng_state())
+        path = None
+        if self.is_main:
+            cfg = self.config
+            train_state = {
+                "format_version": 1,
+                "step": self.step,
+                "epoch": self.epoch,
+                # Position in the epoch's permutation, so a resume with another
+                # world size or batch size lands on the same items.
+                "epoch_position": self.epoch_batch * cfg.batch_size * self.world_size,
+                "world_size": self.world_size,
+                "optimizer": self.optimizer.state_dict(),
+                "lr_schedule": {
+                    "name": cfg.optimizer.schedule,
+                    "warmup_steps": cfg.optimizer.warmup_steps,
+                    "next_lr": self.lr,
+                },
+                "ema": {
+                    "decay": self.ema.decay,
+                    "every": self.ema.every,
+                    "num_updates": self.ema.num_updates,
+                },
+                "rng": rng,
+            }
+            path = save_checkpoint(
+                self.checkpoint_dir,
+                self.step,
+                model_state=self.module.state_dict(),
+                ema_state=self.ema.state_dict(),
+                train_state=train_state,
+                config=self.checkpoint_config(),
+                keep_last=cfg.keep_last,
+            )
+        self._last_saved_step = self.step
+        self._barrier()
+        return path
+
+    def resume(self) -> int | None:
+        """Restore the newest complete checkpoint of ``run_dir`` on every rank.
+
+        Incomplete checkpoints (left by a run killed mid-save) are ignored. Continuing a
+        resumed run is bit-identical to never having stopped (same device, same world
+        size). Call on every rank, before :meth:`train`.
+
+        Returns:
+            The restored step, or ``None`` if the run has no checkpoint yet.
+        """
+        self._resume_called = True
+        path = latest_checkpoint(self.checkpoint_dir) if self.is_main else None
+        path = self._broadcast(None if path is None else str(path))
+        if path is None:
+            return None
+        path = Path(path)
+        model_state, _ = load_weights(path, device=self.device)
+        self.module.load_state_dict(model_state)
+        ema_state, _ = load_weights(path, ema=True, device=self.device)
+        state = load_train_state(path)
+        self.ema.load_state_dict(ema_state, state["ema"]["num_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        global_batch = self.config.batch_size * self.world_size
+        position = int(state["epoch_position"])
+        self.epoch_batch = -(-position // global_batch)  # round up: never repeat an item
+        if position % global_batch:
+            warnings.warn(
+                f"resume: epoch position {position} is not a multiple of the global batch "
+                f"{global_batch}; skipping to the next full batch",
+                stacklevel=2,
+            )
+        saved_world = int(state["world_size"])
+        if saved_world == self.world_size:
+            self._set_rng_state(state["rng"][self.rank])
+        else:
+            warnings.warn(
+                f"resume: checkpoint was written with world size {saved_world}, now "
+                f"{self.world_size}; RNG streams are reseeded, so the run is not bit-identical",
+                stacklevel=2,
+            )
+            _seed_globals(derive_seed(self.config.seed, _SEED_GLOBAL, self.rank, self.step))
+            self.generator.manual_seed(
+                derive_seed(self.config.seed, _SEED_GENERATOR, self.rank, self.step)
+            )
+        self._last_saved_step = self.step
+        if self.is_main:
+            self._truncate_metrics(self.step)
+        self._barrier()
+        return self.step
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric records past ``step`` (written after the checkpoint we resume from)."""
+        if not self.metrics_path.is_file():
+            return
+
+        def keep(line: str) -> bool:
+            try:
+                return int(json.loads(line).get("step", 0)) <= step
+            except (ValueError, AttributeError, TypeError):  # a line cut short by a crash
+                return False
+
+        lines = self.metrics_path.read_text().splitlines(keepends=True)
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines if keep(line)]
+        if kept == lines:
+            return
+        tmp = self.metrics_path.with_name(f".tmp-metrics-{uuid.uuid4().hex}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.metrics_path)

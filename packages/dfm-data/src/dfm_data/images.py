@@ -1,0 +1,155 @@
+"""Reading and writing the pixel payloads of the real formats, with typed errors.
+
+- RGB images (jpg/png) -> ``uint8 (H, W, 3)``.
+- CO3D depth PNGs: 16-bit PNGs whose raw uint16 bits are IEEE float16 depths.
+- CO3D masks: 8-bit PNGs storing ``P(foreground) * 255``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from dfm_data.errors import CorruptImageError, ImageSizeError, MissingFileError
+
+__all__ = [
+    "decode_rgb_bytes",
+    "load_depth_png",
+    "load_mask_png",
+    "load_rgb",
+    "resize_image",
+    "save_depth_png",
+    "save_mask_png",
+    "to_model_range",
+]
+
+
+def _open(path: Path, field: str | None) -> Image.Image:
+    if not path.is_file():
+        raise MissingFileError("file does not exist", path=path, field=field)
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot decode image ({e})", path=path, field=field) from e
+    return img
+
+
+def _check_size(
+    img: Image.Image, expected_hw: tuple[int, int] | None, path: object, field: str | None
+) -> None:
+    if expected_hw is not None and (img.height, img.width) != tuple(expected_hw):
+        raise ImageSizeError(
+            f"image is {img.height}x{img.width} (HxW), expected {expected_hw[0]}x{expected_hw[1]}",
+            path=str(path),
+            field=field,
+        )
+
+
+def load_rgb(
+    path: str | Path, *, expected_hw: tuple[int, int] | None = None, field: str | None = None
+) -> np.ndarray:
+    """Loads an RGB image.
+
+    Args:
+        path: jpg/png file.
+        expected_hw: if given, ``(H, W)`` the image must have.
+        field: record field to name in errors.
+
+    Returns:
+        ``uint8 (H, W, 3)``.
+
+    Raises:
+        MissingFileError, CorruptImageError, ImageSizeError.
+    """
+    path = Path(path)
+    img = _open(path, field)
+    _check_size(img, expected_hw, path, field)
+    return np.asarray(img.convert("RGB"))
+
+
+def decode_rgb_bytes(
+    data: bytes,
+    *,
+    source: str,
+    expected_hw: tuple[int, int] | None = None,
+    field: str | None = None,
+) -> np.ndarray:
+    """Decodes encoded image bytes (e.g. JPEG inside a pixelSplat chunk) to ``uint8 (H, W, 3)``."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot decode image bytes ({e})", path=source, field=field) from e
+    _check_size(img, expected_hw, source, field)
+    return np.asarray(img.convert("RGB"))
+
+
+def load_depth_png(
+    path: str | Path, *, scale_adjustment: float = 1.0, expected_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Loads a CO3D depth PNG (float16 bits in a 16-bit PNG).
+
+    Returns:
+        ``float32 (H, W)`` depth times ``scale_adjustment``; non-finite values set to 0.
+    """
+    path = Path(path)
+    img = _open(path, "depth.path")
+    _check_size(img, expected_hw, path, "depth.path")
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        raise CorruptImageError(f"depth PNG has mode {img.mode}, expected 16-bit", path=path)
+    raw = np.asarray(img)
+    if raw.dtype != np.uint16:
+        raw = raw.astype(np.uint16)
+    depth = raw.view(np.float16).astype(np.float32) * np.float32(scale_adjustment)
+    depth[~np.isfinite(depth)] = 0.0
+    return depth
+
+
+def save_depth_png(path: str | Path, depth: np.ndarray) -> None:
+    """Writes ``float (H, W)`` depth as a CO3D depth PNG (float16 bits, 16-bit grayscale)."""
+    bits = np.ascontiguousarray(np.asarray(depth, dtype=np.float16)).view(np.uint16)
+    Image.fromarray(bits).save(path)
+
+
+def load_mask_png(path: str | Path, *, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Loads a CO3D foreground mask PNG. Returns ``float32 (H, W)`` probabilities in ``[0, 1]``."""
+    path = Path(path)
+    img = _open(path, "mask.path")
+    _check_size(img, expected_hw, path, "mask.path")
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def save_mask_png(path: str | Path, prob: np.ndarray) -> None:
+    """Writes ``float (H, W)`` probabilities in ``[0, 1]`` as an 8-bit mask PNG."""
+    Image.fromarray(np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def to_model_range(image: np.ndarray) -> Tensor:
+    """``uint8 (H, W, 3)`` -> ``float32 (3, H, W)`` in ``[-1, 1]``."""
+    t = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
+    return t / 127.5 - 1.0
+
+
+def resize_image(image: Tensor, size_hw: tuple[int, int]) -> Tensor:
+    """Antialiased bilinear resize (``align_corners=False``, so normalised K is unchanged).
+
+    Args:
+        image: ``(..., C, H, W)`` float.
+        size_hw: output ``(H', W')``.
+
+    Returns:
+        ``(..., C, H', W')``, clamped to ``[-1, 1]``.
+    """
+    if tuple(image.shape[-2:]) == tuple(size_hw):
+        return image
+    lead = image.shape[:-3]
+    flat = image.reshape(-1, *image.shape[-3:])
+    out = F.interpolate(flat, size=size_hw, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp(-1.0, 1.0).reshape(*lead, *out.shape[-3:])
