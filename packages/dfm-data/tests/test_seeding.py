@@ -24,10 +24,12 @@ class _Probe(Dataset):
         return 8
 
     def __getitem__(self, i):
-        glob = float(np.random.random())
+        glob = float(np.random.random())  # noqa: NPY002 -- probing the global RNG the workers seed
         own = float(item_rng(0, self.epoch, i).random())
         t = torch.tensor([[glob, own]])
-        return FrameBatch(context=t, target=t, novel=t, frame_index=torch.tensor([[i]]), index=torch.tensor([i]))
+        return FrameBatch(
+            context=t, target=t, novel=t, frame_index=torch.tensor([[i]]), index=torch.tensor([i])
+        )
 
 
 def _draws(**kw):

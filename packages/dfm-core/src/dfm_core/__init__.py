@@ -1,5 +1,99 @@
-"""Generic diffusion-with-forward-models core: schedules, objective, samplers, guidance, DiT, trainer."""
+"""dfm-core: the generic machinery of diffusion with forward models.
+
+Schedules, the DFM objective, samplers, guidance, the DiT backbone, the trainer and a
+built-in projection problem with an exact posterior. Nothing here is specific to an
+application: those plug in a forward model, a signal predictor and their batches.
+"""
+
+from dfm_core.diffusion import (
+    Condition,
+    Context,
+    DFMBatch,
+    ForwardDiffusion,
+    ForwardModel,
+    Regularizer,
+    SignalPredictor,
+    drop_context,
+)
+from dfm_core.dit import DIT_PRESETS, DiT, DiTConfig, dit_config, sincos_pos_embed_2d, timestep_embedding
+from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
+from dfm_core.metrics import energy_distance, sliced_wasserstein
+from dfm_core.sampling import (
+    SAMPLERS,
+    Denoised,
+    Denoiser,
+    SampleOutput,
+    StepInfo,
+    ddim_timesteps,
+    dynamic_threshold,
+    karras_sigmas,
+    sample,
+    sample_ddim,
+    sample_ddpm,
+    sample_edm,
+)
+from dfm_core.schedules import (
+    SCHEDULES,
+    NoiseSchedule,
+    ScheduleConfig,
+    eps_from_v,
+    eps_from_x0,
+    schedule_cosine,
+    schedule_linear,
+    schedule_sigmoid,
+    v_from_x0,
+    x0_from_eps,
+    x0_from_v,
+)
+from dfm_core.tree import tree_cat, tree_index, tree_map, tree_to
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "DIT_PRESETS",
+    "SAMPLERS",
+    "SCHEDULES",
+    "Condition",
+    "Context",
+    "DFMBatch",
+    "DiT",
+    "DiTConfig",
+    "Denoised",
+    "Denoiser",
+    "ForwardDiffusion",
+    "ForwardModel",
+    "NoiseSchedule",
+    "Regularizer",
+    "SampleOutput",
+    "ScheduleConfig",
+    "SignalPredictor",
+    "StepInfo",
+    "__version__",
+    "classifier_free_guidance",
+    "ddim_timesteps",
+    "dit_config",
+    "drop_context",
+    "dynamic_threshold",
+    "energy_distance",
+    "eps_from_v",
+    "eps_from_x0",
+    "karras_sigmas",
+    "reconstruction_guidance",
+    "sample",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_edm",
+    "schedule_cosine",
+    "schedule_linear",
+    "schedule_sigmoid",
+    "sincos_pos_embed_2d",
+    "sliced_wasserstein",
+    "timestep_embedding",
+    "tree_cat",
+    "tree_index",
+    "tree_map",
+    "tree_to",
+    "v_from_x0",
+    "x0_from_eps",
+    "x0_from_v",
+]

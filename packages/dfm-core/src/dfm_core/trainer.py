@@ -14,8 +14,8 @@ The trained object is an ``nn.Module`` whose forward pass computes the loss::
   ``"depth_smooth"``) are logged. Every rank must return the same keys on every step.
 * **All randomness** (noise, diffusion timesteps, conditioning dropout masks) must be
   drawn from ``generator``, e.g. ``torch.randn(shape, generator=generator,
-  device=generator.device)``. The trainer owns that generator, lives on the training
-  device, seeds it distinctly per rank and checkpoints it, which is what makes resume
+  device=generator.device)``. The trainer owns that generator (it lives on the training
+  device), seeds it distinctly per rank and checkpoints it, which is what makes resume
   bit-identical. (The global RNGs are seeded per rank and checkpointed too, so modules
   such as ``nn.Dropout`` that cannot take a generator also resume exactly.)
 * The loss is computed in ``forward`` rather than in a side method so that DDP's
@@ -28,8 +28,9 @@ builds its own ``DataLoader`` around a :class:`ShardedBatchSampler`: each epoch 
 permutation drawn from ``(seed, epoch)``; every optimiser step consumes the next
 ``batch_size * world_size * grad_accum_steps`` positions, rank ``r`` taking a contiguous
 ``batch_size`` slice of each micro-batch, so a DDP run sees exactly the global batches of
-a single-process run with ``batch_size * world_size``. Resuming starts mid-epoch at the
-saved batch offset without loading the skipped items.
+a single-process run with ``batch_size * world_size``. Items left over at the end of an
+epoch that cannot fill a whole optimiser step are skipped. Resuming starts mid-epoch at
+the saved batch offset without loading the skipped items.
 
 Data randomness (augmentation, frame sampling) is resumable as well: before each
 ``dataset[i]`` the global ``random``/``numpy``/``torch`` RNGs are seeded from

@@ -45,7 +45,7 @@ from dfm_data.errors import (
     SkipCounter,
     UnknownCategoryError,
 )
-from dfm_data.images import load_depth_png, load_mask_png, load_rgb, resize_image, to_model_range
+from dfm_data.images import load_depth_png, load_mask_png, load_rgb, to_model_image
 from dfm_data.records import get_field, numbers
 from dfm_data.sampling import FrameSamplingConfig, sample_view_indices
 from dfm_data.seeding import item_rng
@@ -502,8 +502,8 @@ class CO3DDataset(Dataset):
         h, w = frame.image_hw
         rgb = load_rgb(self.root / frame.image_path, expected_hw=(h, w), field="image.path")
         top, left, side = centre_square_crop(h, w)
-        image = resize_image(
-            to_model_range(rgb[top : top + side, left : left + side]),
+        image = to_model_image(
+            rgb[top : top + side, left : left + side],
             (self.config.image_size, self.config.image_size),
         )
         K = crop_intrinsics(frame.intrinsics, (h, w), (top, left, side, side))

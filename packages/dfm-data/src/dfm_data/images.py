@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
@@ -23,10 +22,9 @@ __all__ = [
     "load_depth_png",
     "load_mask_png",
     "load_rgb",
-    "resize_image",
     "save_depth_png",
     "save_mask_png",
-    "to_model_range",
+    "to_model_image",
 ]
 
 
@@ -131,25 +129,22 @@ def save_mask_png(path: str | Path, prob: np.ndarray) -> None:
     Image.fromarray(np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
-def to_model_range(image: np.ndarray) -> Tensor:
-    """``uint8 (H, W, 3)`` -> ``float32 (3, H, W)`` in ``[-1, 1]``."""
-    t = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
-    return t / 127.5 - 1.0
+def to_model_image(image: np.ndarray, size_hw: tuple[int, int] | None = None) -> Tensor:
+    """``uint8 (H, W, 3)`` -> ``float32 (3, H', W')`` in ``[-1, 1]``, resized if ``size_hw`` differs.
 
-
-def resize_image(image: Tensor, size_hw: tuple[int, int]) -> Tensor:
-    """Antialiased bilinear resize (``align_corners=False``, so normalised K is unchanged).
-
-    Args:
-        image: ``(..., C, H, W)`` float.
-        size_hw: output ``(H', W')``.
-
-    Returns:
-        ``(..., C, H', W')``, clamped to ``[-1, 1]``.
+    The resize is PIL's antialiased bilinear on float32 channels (the same triangle filter as
+    ``interpolate(mode="bilinear", antialias=True, align_corners=False)``, agreeing to ~1e-4). It runs
+    outside torch's intra-op thread pool, which on a busy machine made per-frame torch ops ~10x slower.
     """
-    if tuple(image.shape[-2:]) == tuple(size_hw):
-        return image
-    lead = image.shape[:-3]
-    flat = image.reshape(-1, *image.shape[-3:])
-    out = F.interpolate(flat, size=size_hw, mode="bilinear", align_corners=False, antialias=True)
-    return out.clamp(-1.0, 1.0).reshape(*lead, *out.shape[-3:])
+    f = np.asarray(image, dtype=np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+    if size_hw is not None and tuple(size_hw) != f.shape[:2]:
+        h, w = size_hw
+        f = np.stack(
+            [
+                np.asarray(Image.fromarray(f[..., c]).resize((w, h), Image.BILINEAR))
+                for c in range(f.shape[2])
+            ],
+            axis=-1,
+        )
+        np.clip(f, -1.0, 1.0, out=f)
+    return torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))

@@ -36,7 +36,7 @@ from dfm_data.errors import (
     OnError,
     SkipCounter,
 )
-from dfm_data.images import decode_rgb_bytes, load_rgb, resize_image, to_model_range
+from dfm_data.images import decode_rgb_bytes, load_rgb, to_model_image
 from dfm_data.sampling import FrameSamplingConfig, sample_view_indices
 from dfm_data.seeding import item_rng
 
@@ -445,8 +445,8 @@ class RealEstate10kDataset(Dataset):
         rgb = self._image(f)
         h, w = rgb.shape[:2]
         top, left, side = centre_square_crop(h, w)
-        image = resize_image(
-            to_model_range(rgb[top : top + side, left : left + side]), (self.config.image_size,) * 2
+        image = to_model_image(
+            rgb[top : top + side, left : left + side], (self.config.image_size,) * 2
         )
         return image, crop_intrinsics(f.K, (h, w), (top, left, side, side))
 

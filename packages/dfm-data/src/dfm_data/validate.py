@@ -166,7 +166,8 @@ def validate_re10k(
     except DatasetError as e:
         _quiet(report, e)
         return report
-    ds.skipped.record = lambda e: _quiet(report, e)  # type: ignore[method-assign]
+    report.problems.counts.update(ds.skipped.counts)
+    report.problems.first = ds.skipped.first
     report.counts["clips"] = len(ds)
     fx = []
     for clip in tqdm(ds.clips, desc="checking clips", unit="clip", disable=not progress):

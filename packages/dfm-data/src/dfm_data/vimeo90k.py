@@ -24,7 +24,7 @@ from dfm_data.errors import (
     OnError,
     SkipCounter,
 )
-from dfm_data.images import load_rgb, resize_image, to_model_range
+from dfm_data.images import load_rgb, to_model_image
 from dfm_data.seeding import item_rng
 
 __all__ = ["Vimeo90KConfig", "Vimeo90KDataset", "list_file", "parse_clip_list"]
@@ -139,20 +139,27 @@ class Vimeo90KDataset(Dataset):
         for k in numbers:
             img = load_rgb(folder / f"im{k}.png", expected_hw=size, field=f"im{k}")
             size = img.shape[:2]
-            frames.append(to_model_range(img))
-        x = torch.stack(frames)  # (2 + Nn, 3, H, W)
-        h, w = x.shape[-2:]
+            frames.append(img)
+        h, w = size
+        top, left, ch, cw = 0, 0, h, w
         if cfg.crop_size_hw is not None:
             ch, cw = cfg.crop_size_hw
             if ch > h or cw > w:
                 raise ValueError(f"crop {cfg.crop_size_hw} larger than the frames ({h}, {w})")
             top = int(rng.integers(0, h - ch + 1)) if train else (h - ch) // 2
             left = int(rng.integers(0, w - cw + 1)) if train else (w - cw) // 2
-            x = x[..., top : top + ch, left : left + cw]
-        if train and rng.random() < cfg.hflip_probability:
-            x = x.flip(-1)
-        if cfg.resize_hw is not None:
-            x = resize_image(x, cfg.resize_hw)
+        flip = train and rng.random() < cfg.hflip_probability
+        x = torch.stack(
+            [
+                to_model_image(
+                    f[top : top + ch, left : left + cw][:, ::-1]
+                    if flip
+                    else f[top : top + ch, left : left + cw],
+                    cfg.resize_hw,
+                )
+                for f in frames
+            ]
+        )  # (2 + Nn, 3, H', W')
         return FrameBatch(
             context=x[:1],
             target=x[1:2],
