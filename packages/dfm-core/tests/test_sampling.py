@@ -26,14 +26,16 @@ from dfm_core.schedules import NoiseSchedule
 SCHEDULE = NoiseSchedule.from_name("cosine", 1000)
 
 # Each sampler with the options that make it stochastic, and its deterministic variant.
+# Step counts where each is within ~5% of the exact std on a narrow Gaussian (ancestral
+# sampling with the posterior variance under-disperses at few steps; Heun converges fastest).
 STOCHASTIC = {
-    "ddim": {"eta": 1.0, "steps": 20},
-    "ddpm": {"steps": 20},
-    "edm": {"churn": 10.0, "steps": 10},
+    "ddim": {"eta": 1.0, "steps": 250},
+    "ddpm": {"steps": 250},
+    "edm": {"churn": 40.0, "steps": 40},
 }
 DETERMINISTIC = {
-    "ddim": {"eta": 0.0, "steps": 20},
-    "edm": {"steps": 10},
+    "ddim": {"eta": 0.0, "steps": 100},
+    "edm": {"steps": 20},
 }
 
 
@@ -65,7 +67,7 @@ def test_gaussian_oracle_reproduces_the_data_distribution(name, options):
     mu, std, n = torch.tensor([0.5, -1.0]), 0.3, 4000
     out = sample(name, gaussian_oracle(mu, std), SCHEDULE, (n, 2), generator=torch.Generator().manual_seed(1), **options)
     x = out.observation.double()
-    # Mean within 5 standard errors; std within 6% (DDPM/DDIM with 20 steps and EDM with 10 are close to exact).
+    # Mean within 5 standard errors; std within 6%.
     assert torch.allclose(x.mean(0), mu.double(), atol=5 * std / math.sqrt(n))
     assert torch.allclose(x.std(0), torch.tensor([std, std], dtype=torch.float64), rtol=0.06)
 

@@ -2,10 +2,10 @@
 
 Usage::
 
-    uv run python packages/dfm-data/benchmarks/bench_loading.py [--workers 0] [--items 64]
+    uv run python packages/dfm-data/benchmarks/bench_loading.py [--workers 0] [--items 128]
 
 Synthesizes each world once into a temp folder (not timed), then times iterating a DataLoader
-(batch 8) over CO3D (objects world, 128×96 frames -> 64²), RealEstate10k in its three layouts (rooms
+(batch 8, one untimed warm-up batch) over CO3D (objects world, 128×96 frames -> 64²), RealEstate10k in its three layouts (rooms
 world at 640×360 -> 64²), Vimeo-90K (motion world, 448×256, full frames) and GAN samples (a tiny fake
 generator, 256² -> 64²). Frames/s counts every decoded image (context + target + novel views).
 """
@@ -57,11 +57,14 @@ def _frames_in(batch) -> int:
 
 
 def _time(name, dataset, items, workers) -> tuple[str, float, int]:
+    """Frames/s over ``items`` items after one warm-up batch (worker start-up is not timed)."""
     loader = make_dataloader(dataset, batch_size=8, num_workers=workers, shuffle=True, seed=0)
-    frames, done = 0, 0
-    start = time.perf_counter()
+    frames, done, start = 0, 0, None
     while done < items:
         for batch in loader:
+            if start is None:
+                start = time.perf_counter()
+                continue
             frames += _frames_in(batch)
             done += batch.batch_size
             if done >= items:
@@ -73,7 +76,7 @@ def _time(name, dataset, items, workers) -> tuple[str, float, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--items", type=int, default=64)
+    p.add_argument("--items", type=int, default=128)
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sampling = FrameSamplingConfig(num_context=1, num_target=1, num_novel=1, min_gap=5, max_gap=10)

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dfm_data.errors import CorruptImageError, ImageSizeError, MissingFileError
-from dfm_data.images import load_depth_png, load_mask_png, load_rgb, save_depth_png, save_mask_png, to_model_image
+from dfm_data.images import (
+    load_depth_png,
+    load_mask_png,
+    load_rgb,
+    save_depth_png,
+    save_mask_png,
+    to_model_image,
+)
 
 
 def test_depth_png_is_float16_bits(tmp_path):

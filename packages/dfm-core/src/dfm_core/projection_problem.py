@@ -42,6 +42,7 @@ __all__ = [
     "RegressionBaseline",
     "SubspaceProjection",
     "collate_projection",
+    "complement_projections",
     "exact_posterior",
     "posterior_samples",
     "random_projections",
@@ -181,18 +182,60 @@ def exact_posterior(
     return GaussianMixture(torch.softmax(log_weights, dim=-1), means, covariances)
 
 
+def complement_projections(context_params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Random k-dim subspaces inside the orthogonal complement of each context subspace.
+
+    Args:
+        context_params: shape (B, k, d) with orthonormal rows, 2k <= d.
+
+    Returns:
+        shape (B, k, d), orthonormal rows, each orthogonal to its context's rows.
+    """
+    batch, k, d = context_params.shape
+    if 2 * k > d:
+        raise ValueError(f"complement target views need 2k <= d, got k={k}, d={d}")
+    basis = context_params.double()
+    gaussian = torch.randn(batch, d, k, generator=generator, dtype=torch.float64)
+    in_complement = gaussian - basis.transpose(-1, -2) @ (basis @ gaussian)  # (I - A^T A) G
+    q, r = torch.linalg.qr(in_complement)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    return q.transpose(-1, -2).to(context_params.dtype)
+
+
 @dataclass(frozen=True)
 class ProjectionProblem:
-    """The problem's fixed definition: prior, dimensions and observation noise."""
+    """The problem's fixed definition: prior, dimensions, noise, and how targets are chosen.
+
+    ``target_views`` picks phi^trgt given phi^ctxt: ``"uniform"`` draws it independently;
+    ``"complement"`` (2k <= d) draws it inside the orthogonal complement of the context
+    subspace -- the analogue of the paper choosing target frames far from the context.
+    A target nearly parallel to the context makes S = f(O_ctxt, O_trgt) ill-conditioned,
+    so small errors of the learned target distribution are amplified into the signal.
+    Novel views (the ones the network never sees) are always uniform.
+    """
 
     prior: GaussianMixture
     signal_dim: int
     observation_dim: int
     noise_std: float = 0.0
+    target_views: str = "complement"
+
+    def __post_init__(self) -> None:
+        if self.target_views not in ("uniform", "complement"):
+            raise ValueError(f"target_views: expected 'uniform' or 'complement', got {self.target_views!r}")
+        if self.target_views == "complement" and 2 * self.observation_dim > self.signal_dim:
+            raise ValueError(
+                f"target_views='complement' needs 2k <= d, got k={self.observation_dim}, d={self.signal_dim}"
+            )
 
     @staticmethod
     def build(
-        signal_dim: int = 2, observation_dim: int = 1, num_components: int = 5, noise_std: float = 0.0, seed: int = 0
+        signal_dim: int = 2,
+        observation_dim: int = 1,
+        num_components: int = 5,
+        noise_std: float = 0.0,
+        seed: int = 0,
+        target_views: str = "complement",
     ) -> ProjectionProblem:
         if not 1 <= observation_dim < signal_dim:
             raise ValueError(
@@ -202,7 +245,13 @@ class ProjectionProblem:
             raise ValueError(f"num_components: expected >= 1, got {num_components}")
         generator = torch.Generator().manual_seed(seed)
         prior = GaussianMixture.random(signal_dim, num_components, generator)
-        return ProjectionProblem(prior, signal_dim, observation_dim, noise_std)
+        return ProjectionProblem(prior, signal_dim, observation_dim, noise_std, target_views)
+
+    def target_params(self, context_params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """phi^trgt (B, k, d) for contexts phi^ctxt (B, k, d), following ``target_views``."""
+        if self.target_views == "complement":
+            return complement_projections(context_params, generator)
+        return random_projections(context_params.shape[0], self.observation_dim, self.signal_dim, generator)
 
     def observe(self, signal: Tensor, projection: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """O = projection @ S + noise. signal (B, d), projection (B, k, d) -> (B, k)."""
@@ -216,6 +265,7 @@ class ProjectionProblem:
         d, k = self.signal_dim, self.observation_dim
         signal = self.prior.sample(batch_size, generator)
         params = random_projections(3 * batch_size, k, d, generator).reshape(3, batch_size, k, d)
+        params[1] = self.target_params(params[0], generator)
         observations = [self.observe(signal, params[i], generator) for i in range(3)]
         batch = DFMBatch(
             context=Context(observation=observations[0], params=params[0]),
@@ -281,12 +331,27 @@ class ProjectionPredictor(nn.Module):
     """Signal predictor for the projection problem: an MLP over observations and geometry.
 
     ``(context: Context, noisy_target (B, k), t (B,), target_params (B, k, d)) -> S (B, d)``.
+
+    With ``context_consistent`` the MLP output is projected onto the affine set of
+    signals that reproduce the context exactly, S <- S + A_c^T (O_c - A_c S) (A_c has
+    orthonormal rows). This is a data-consistency layer for *noiseless* observations:
+    the true posterior lives on that set, so the network only has to learn the
+    distribution within it. It needs the context, so train without context dropout.
     """
 
-    def __init__(self, signal_dim: int, observation_dim: int, num_timesteps: int, hidden: int = 256, depth: int = 4) -> None:
+    def __init__(
+        self,
+        signal_dim: int,
+        observation_dim: int,
+        num_timesteps: int,
+        hidden: int = 256,
+        depth: int = 4,
+        context_consistent: bool = False,
+    ) -> None:
         super().__init__()
         d, k = signal_dim, observation_dim
         self.num_timesteps = num_timesteps
+        self.context_consistent = context_consistent
         in_features = 2 * k + 2 * k * d + 3 * d + 32
         layers: list[nn.Module] = [nn.Linear(in_features, hidden), nn.SiLU()]
         for _ in range(depth - 1):
@@ -307,7 +372,11 @@ class ProjectionPredictor(nn.Module):
             ],
             dim=-1,
         )
-        return self.mlp(features)
+        signal = self.mlp(features)
+        if self.context_consistent:
+            residual = context.observation - (context.params @ signal[..., None]).squeeze(-1)  # (B, k)
+            signal = signal + (context.params.transpose(-1, -2) @ residual[..., None]).squeeze(-1)
+        return signal
 
 
 class RegressionBaseline(nn.Module):
@@ -406,7 +475,7 @@ def posterior_samples(
         repeated_device = tree_to(repeated, device)
         # A fresh target view per sample: the learned distribution over signals must not
         # depend on it (remark on 3D consistency in the supplementary).
-        target_params = random_projections(num_contexts * num_samples, k, d, generator).to(device)
+        target_params = problem.target_params(repeated.params, generator).to(device)
         condition = diffusion.condition(repeated_device, target_params)
         if guidance_scale == 1.0:
             denoiser = diffusion.denoiser(condition)

@@ -330,7 +330,9 @@ def sample_edm(
 
     Args:
         steps: number of noise levels N (Heun uses 2N - 1 denoiser evaluations).
-        sigma_min, sigma_max: range of the Karras ramp; default to the schedule's range.
+        sigma_min, sigma_max: range of the Karras ramp; default to EDM's 0.002 and 80,
+            clipped to the schedule's range (its own sigma_max, ~2e4 for cosine T=1000,
+            wastes steps at noise levels where x0_hat is just the data mean).
         churn: S_churn; 0 gives the deterministic sampler.
         churn_min, churn_max: S_tmin, S_tmax, the sigma window where churn applies.
         churn_noise: S_noise.
@@ -339,8 +341,8 @@ def sample_edm(
         raise ValueError(f"solver: expected 'heun' or 'euler', got {solver!r}")
     if churn < 0:
         raise ValueError(f"churn: expected >= 0, got {churn}")
-    sigma_lo = schedule.sigma_min if sigma_min is None else sigma_min
-    sigma_hi = schedule.sigma_max if sigma_max is None else sigma_max
+    sigma_lo = max(0.002, schedule.sigma_min) if sigma_min is None else sigma_min
+    sigma_hi = min(80.0, schedule.sigma_max) if sigma_max is None else sigma_max
     if sigma_lo < schedule.sigma_min * (1 - 1e-9) or sigma_hi > schedule.sigma_max * (1 + 1e-9):
         raise ValueError(
             f"sigma_min/sigma_max: [{sigma_lo}, {sigma_hi}] lies outside the schedule's range "

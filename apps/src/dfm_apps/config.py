@@ -1,0 +1,345 @@
+"""Structured configs of the `dfm` presets, and loading them from YAML with overrides.
+
+A *preset* is a YAML file shipped inside this package (``dfm_apps/configs/<name>.yaml``)
+laid over the structured config (a dataclass) of the application it belongs to. The
+dataclass is the schema: OmegaConf checks every key and type of the YAML and of the
+command-line dot-list overrides (``trainer.max_steps=100``) against it, and
+``OmegaConf.to_object`` turns the result back into the dataclasses, whose own
+``__post_init__`` checks (``TrainerConfig``'s, for one) then run.
+
+Both projection presets (``demo``: d=2, k=1; ``projection-6d``: d=6, k=3) share one
+schema, ``ProjectionConfig``: a preset is a set of values, not a new set of fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dfm_core.projection_problem import ProjectionProblem
+from dfm_core.schedules import ScheduleConfig
+from dfm_core.trainer import OptimizerConfig, TrainerConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "DataConfig",
+    "EvaluationConfig",
+    "ModelConfig",
+    "Preset",
+    "ProblemConfig",
+    "ProjectionConfig",
+    "load_preset",
+    "load_run_config",
+    "merge_overrides",
+    "preset_names",
+    "to_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """A preset, a config file or an override is invalid; the message names the key."""
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+@dataclass
+class ProblemConfig:
+    """The built-in projection problem (``dfm_core.projection_problem``)."""
+
+    signal_dim: int = 2
+    """Dimension d of the hidden signal S."""
+    observation_dim: int = 1
+    """Dimension k < d of each observation O = phi S (+ noise)."""
+    num_components: int = 5
+    """Components K of the Gaussian-mixture prior over S."""
+    noise_std: float = 0.0
+    """Standard deviation of the Gaussian observation noise."""
+    seed: int = 0
+    """Seed of the random prior (the problem's definition, not the training seed)."""
+
+    def build(self) -> ProjectionProblem:
+        return ProjectionProblem.build(
+            signal_dim=self.signal_dim,
+            observation_dim=self.observation_dim,
+            num_components=self.num_components,
+            noise_std=self.noise_std,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class ModelConfig:
+    """The signal predictor (an MLP) and the DFM objective; the baseline shares hidden/depth."""
+
+    hidden: int = 256
+    """Width of the hidden layers (DFM predictor and regression baseline)."""
+    depth: int = 4
+    """Number of hidden layers (DFM predictor and regression baseline)."""
+    loss_type: str = "l2"
+    """``l2`` (the paper) or ``l1`` distance of rendered and true observations."""
+    novel_weight: float = 1.0
+    """Weight of the novel-view loss (eq. 9)."""
+    context_dropout: float = 0.1
+    """Probability of dropping a sample's context in training (for classifier-free guidance)."""
+
+
+@dataclass
+class DataConfig:
+    """Training batches drawn from the problem (``ProjectionDataset``)."""
+
+    batch_size: int = 256
+    """Signals per dataset item. Each item is a whole batch, so ``trainer.batch_size``
+    counts items (1 = one batch of ``batch_size`` signals per rank and step)."""
+    length: int = 1_000_000
+    """Dataset length in items (an epoch); items are generated on the fly from their index."""
+    seed: int = 0
+    """Seed of the generated batches."""
+
+
+@dataclass
+class EvaluationConfig:
+    """Scoring samples against the exact posterior, and the pictures."""
+
+    num_contexts: int = 16
+    """Held-out contexts M to score; energy distances are averaged over them."""
+    num_samples: int = 256
+    """Samples n per context, from each of exact posterior, DFM and baseline."""
+    steps: int = 50
+    """Denoiser evaluations of the sampler."""
+    sampler: str = "ddim"
+    """``ddim``, ``ddpm`` or ``edm`` (``dfm_core.sampling.SAMPLERS``)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance scale (1 = no guidance)."""
+    seed: int = 1234
+    """Seed of the held-out contexts, exact samples and sampler noise."""
+    plot_contexts: int = 4
+    """Contexts drawn in ``samples.png`` (the first ones of the scored set)."""
+    trajectory: bool = True
+    """Also draw the sampler's trajectory (``denoising.png``) for the first context."""
+
+
+def _projection_trainer() -> TrainerConfig:
+    # Tiny MLPs on generated batches: no DataLoader workers, frequent enough
+    # checkpoints that an interrupted demo loses little.
+    return TrainerConfig(
+        max_steps=4000,
+        batch_size=1,
+        optimizer=OptimizerConfig(lr=1e-3, warmup_steps=200, schedule="cosine", min_lr_ratio=0.05),
+        ema_decay=0.995,
+        num_workers=0,
+        log_every=100,
+        checkpoint_every=1000,
+        keep_last=2,
+        callback_every=1000,
+    )
+
+
+@dataclass
+class ProjectionConfig:
+    """DFM on the projection problem, against a regression baseline and the exact posterior.
+
+    The schema of the ``demo`` and ``projection-*`` presets. Its defaults are the demo.
+    """
+
+    app: str = "projection"
+    """Which application the config belongs to (fixed; read by ``dfm sample``)."""
+    name: str = "demo"
+    """Preset name, used in titles and default run directory names."""
+    problem: ProblemConfig = field(default_factory=ProblemConfig)
+    """The inverse problem."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Networks and objective."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training batches."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Noise schedule of the diffusion over target observations."""
+    trainer: TrainerConfig = field(default_factory=_projection_trainer)
+    """Training loop of the DFM model."""
+    baseline_steps: int = 1500
+    """Optimiser steps of the regression baseline (same trainer settings otherwise)."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """Scoring and pictures."""
+    num_threads: int | None = 1
+    """``torch.set_num_threads`` for the run; ``null`` keeps torch's default. The MLPs
+    are too small to gain from intra-op threads, which only oversubscribe shared CPUs."""
+
+    def __post_init__(self) -> None:
+        if self.baseline_steps < 1:
+            raise ValueError(f"baseline_steps must be >= 1, got {self.baseline_steps}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
+
+
+# Config sections that determine the weights' shapes and meaning: a resumed run or
+# ``dfm sample`` may not change them.
+PROJECTION_FROZEN = ("app", "problem", "model", "schedule")
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named YAML file over a schema."""
+
+    name: str
+    schema: type
+    summary: str
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.yaml"
+
+    def text(self) -> str:
+        """The YAML file's text, read from the installed package."""
+        return resources.files("dfm_apps").joinpath("configs", self.filename).read_text()
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset("demo", ProjectionConfig, "DFM on the 2-D projection problem (d=2, k=1), CPU minutes"),
+        Preset("projection-6d", ProjectionConfig, "DFM on the 6-D projection problem (d=6, k=3)"),
+    )
+}
+
+_SCHEMAS: dict[str, type] = {"projection": ProjectionConfig}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
+    return PRESETS[name]
+
+
+def _describe(error: OmegaConfBaseException) -> str:
+    """OmegaConf's message, led by the dotted key it concerns."""
+    key = getattr(error, "full_key", None)
+    message = str(error).split("\n", 1)[0]
+    return f"{key}: {message}" if key else message
+
+
+def _merge(base: Any, *others: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, *others)  # type: ignore[return-value]
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{where}: invalid key or value {_describe(error)}") from error
+
+
+def merge_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply dot-list overrides (``trainer.max_steps=100``) to a structured config.
+
+    Raises:
+        ConfigError: an override is not ``key=value``, names a key the schema lacks, or
+            has a value of the wrong type; the message names the key.
+    """
+    for override in overrides:
+        if "=" not in override or override.startswith("="):
+            raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. trainer.max_steps=100")
+    if not overrides:
+        return config
+    try:
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"overrides: {_describe(error)}") from error
+    return _merge(config, dotlist, where="override")
+
+
+def _structured(schema: type) -> DictConfig:
+    return OmegaConf.structured(schema)
+
+
+def load_preset(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved config of preset ``name`` with ``overrides`` applied, validated.
+
+    Raises:
+        ConfigError: unknown preset (the message lists the valid ones), or a bad override.
+    """
+    preset = get_preset(name)
+    try:
+        data = OmegaConf.create(preset.text())
+    except OmegaConfBaseException as error:  # a broken shipped file: a bug, say where
+        raise ConfigError(f"preset file {preset.filename}: {_describe(error)}") from error
+    config = _merge(_structured(preset.schema), data, where=f"preset file {preset.filename}")
+    config = merge_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """A run's saved ``config.yaml`` (or any resolved config file) with overrides, validated."""
+    path = Path(path)
+    try:
+        data = OmegaConf.load(path)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: no such config file") from error
+    except (OmegaConfBaseException, OSError) as error:
+        raise ConfigError(f"{path}: cannot read config: {error}") from error
+    return config_from_container(data, overrides, where=str(path))
+
+
+def config_from_container(data: Any, overrides: Sequence[str] = (), *, where: str) -> DictConfig:
+    """Lay a plain (or OmegaConf) mapping over the schema its ``app`` key names."""
+    app = data.get("app", "projection") if hasattr(data, "get") else None
+    if app not in _SCHEMAS:
+        raise ConfigError(f"{where}: app: unknown application {app!r}; known: {sorted(_SCHEMAS)}")
+    config = _merge(_structured(_SCHEMAS[app]), data, where=where)
+    config = merge_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def validate(config: DictConfig) -> Any:
+    """Build the dataclasses (running their own checks); returns the config object.
+
+    Raises:
+        ConfigError: a value the dataclasses refuse, e.g. ``trainer.max_steps=0``.
+    """
+    try:
+        return OmegaConf.to_object(config)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"invalid config: {_describe(error)}") from error
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"invalid config: {error}") from error
+
+
+def to_yaml(config: DictConfig) -> str:
+    return OmegaConf.to_yaml(config)
+
+
+def to_container(config: DictConfig) -> dict[str, Any]:
+    """A plain dict (for pickling into jobs and embedding into checkpoints)."""
+    return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+
+
+def frozen_differences(old: DictConfig, new: DictConfig, sections: Sequence[str]) -> list[str]:
+    """Dotted keys under ``sections`` whose values differ between two configs."""
+    differences: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        elif a != b:
+            differences.append(f"{prefix} ({a!r} -> {b!r})")
+
+    plain_old, plain_new = to_container(old), to_container(new)
+    for section in sections:
+        walk(plain_old.get(section), plain_new.get(section), section)
+    return differences
+
+
+def asdict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
