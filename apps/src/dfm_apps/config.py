@@ -24,7 +24,7 @@ from dfm_core.projection_problem import ProjectionProblem
 from dfm_core.schedules import ScheduleConfig
 from dfm_core.trainer import OptimizerConfig, TrainerConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 __all__ = [
     "PRESETS",
@@ -242,19 +242,32 @@ def merge_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """Apply dot-list overrides (``trainer.max_steps=100``) to a structured config.
 
     Raises:
-        ConfigError: an override is not ``key=value``, names a key the schema lacks, or
-            has a value of the wrong type; the message names the key.
+        ConfigError: an override is not ``key=value``, names a key the schema lacks (the
+            message lists the valid keys beside it), or has a value of the wrong type.
     """
     for override in overrides:
-        if "=" not in override or override.startswith("="):
+        key, sep, _ = override.partition("=")
+        if not sep or not key:
             raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. trainer.max_steps=100")
-    if not overrides:
-        return config
-    try:
-        dotlist = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"overrides: {_describe(error)}") from error
-    return _merge(config, dotlist, where="override")
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))  # type: ignore[assignment]
+        except ConfigKeyError as error:
+            raise ConfigError(f"override {override!r}: {_unknown_key(config, key.strip())}") from error
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"override {override!r}: {_describe(error)}") from error
+    return config
+
+
+def _unknown_key(config: DictConfig, key: str) -> str:
+    """'unknown key a.b.c; valid keys under a.b: ...' for the deepest existing parent."""
+    parts = key.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = ".".join(parts[:depth])
+        node = OmegaConf.select(config, parent) if parent else config
+        if isinstance(node, DictConfig):
+            where = f"under {parent!r}" if parent else "at the top level"
+            return f"unknown key {key!r}; valid keys {where}: {', '.join(str(k) for k in node)}"
+    return f"unknown key {key!r}"
 
 
 def _structured(schema: type) -> DictConfig:

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dfm_core.diffusion import Context, DFMBatch, ForwardDiffusion, drop_context
-from dfm_core.schedules import NoiseSchedule
 from dfm_core.projection_problem import SubspaceProjection, random_projections
+from dfm_core.schedules import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.from_name("cosine", 100)
 
@@ -45,10 +45,16 @@ def test_loss_terms_match_a_hand_computation():
     predicted = torch.randn(6, 3, generator=torch.Generator().manual_seed(5))
     reg = lambda signal, batch, t: signal.square().mean()  # noqa: E731
     model = ForwardDiffusion(
-        Recorder(predicted), SubspaceProjection(), SCHEDULE, novel_weight=0.5, regularizers={"size": (0.1, reg)}
+        Recorder(predicted),
+        SubspaceProjection(),
+        SCHEDULE,
+        novel_weight=0.5,
+        regularizers={"size": (0.1, reg)},
     )
     terms = model(batch, generator=torch.Generator().manual_seed(0))
-    target = ((batch.target_params @ predicted[..., None]).squeeze(-1) - batch.target).square().mean()
+    target = (
+        ((batch.target_params @ predicted[..., None]).squeeze(-1) - batch.target).square().mean()
+    )
     novel = ((batch.novel_params @ predicted[..., None]).squeeze(-1) - batch.novel).square().mean()
     assert torch.allclose(terms["target"], target)
     assert torch.allclose(terms["novel"], novel)
@@ -56,7 +62,10 @@ def test_loss_terms_match_a_hand_computation():
     assert torch.allclose(terms["loss"], target + 0.5 * novel + 0.1 * predicted.square().mean())
     l1 = ForwardDiffusion(Recorder(predicted), SubspaceProjection(), SCHEDULE, loss_type="l1")
     terms = l1(batch, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(terms["target"], ((batch.target_params @ predicted[..., None]).squeeze(-1) - batch.target).abs().mean())
+    assert torch.allclose(
+        terms["target"],
+        ((batch.target_params @ predicted[..., None]).squeeze(-1) - batch.target).abs().mean(),
+    )
 
 
 def test_predictor_sees_the_forward_process_and_never_the_novel_view():
@@ -91,7 +100,10 @@ def test_context_dropout_is_per_sample_at_its_rate():
     # A small batch mixes kept and dropped samples too (the original dropped whole batches).
     small = Recorder(torch.zeros(64, 2))
     model = ForwardDiffusion(small, lambda s, p: s[:, :1], SCHEDULE, context_dropout=rate)
-    model(DFMBatch(Context(torch.ones(64, 1)), torch.zeros(64, 1), None), generator=torch.Generator().manual_seed(1))
+    model(
+        DFMBatch(Context(torch.ones(64, 1)), torch.zeros(64, 1), None),
+        generator=torch.Generator().manual_seed(1),
+    )
     assert 0 < (small.calls[0][0].observation == 0).sum() < 64
 
 
@@ -102,7 +114,9 @@ def test_drop_context_keeps_subclass_fields():
     class PosedContext(Context):
         absolute_pose: torch.Tensor | None = None
 
-    context = PosedContext(torch.ones(3, 2), params="phi", absolute_pose=torch.eye(4).expand(3, 4, 4))
+    context = PosedContext(
+        torch.ones(3, 2), params="phi", absolute_pose=torch.eye(4).expand(3, 4, 4)
+    )
     dropped = drop_context(context, torch.tensor([True, False, True]))
     assert isinstance(dropped, PosedContext) and dropped.params == "phi"
     assert dropped.observation[:, 0].tolist() == [1.0, 0.0, 1.0]
@@ -125,12 +139,23 @@ def test_denoiser_renders_the_signal_and_encodes_context_once():
 
 def test_bad_configuration_and_shapes_are_named():
     with pytest.raises(ValueError, match="loss_type"):
-        ForwardDiffusion(Recorder(torch.zeros(1)), SubspaceProjection(), SCHEDULE, loss_type="huber")
+        ForwardDiffusion(
+            Recorder(torch.zeros(1)), SubspaceProjection(), SCHEDULE, loss_type="huber"
+        )
     with pytest.raises(ValueError, match="context_dropout"):
-        ForwardDiffusion(Recorder(torch.zeros(1)), SubspaceProjection(), SCHEDULE, context_dropout=1.0)
+        ForwardDiffusion(
+            Recorder(torch.zeros(1)), SubspaceProjection(), SCHEDULE, context_dropout=1.0
+        )
     with pytest.raises(ValueError, match="reserved"):
-        ForwardDiffusion(Recorder(torch.zeros(1)), SubspaceProjection(), SCHEDULE, regularizers={"loss": (1.0, None)})
+        ForwardDiffusion(
+            Recorder(torch.zeros(1)),
+            SubspaceProjection(),
+            SCHEDULE,
+            regularizers={"loss": (1.0, None)},
+        )
     batch, _ = make_batch()
     wrong = ForwardDiffusion(Recorder(torch.zeros(6, 3)), lambda s, p: s, SCHEDULE)
-    with pytest.raises(ValueError, match=r"forward model output has shape \(6, 3\) .* shape \(6, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"forward model output has shape \(6, 3\) .* shape \(6, 2\)"
+    ):
         wrong(batch, generator=torch.Generator().manual_seed(0))

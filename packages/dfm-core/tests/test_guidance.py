@@ -31,14 +31,18 @@ def test_cfg_matches_its_formula_in_one_batched_call():
         x0_c, x0_u = denoise(x, t, cond).x0, denoise(x, t, null).x0
         assert torch.allclose(out.x0, x0_u + scale * (x0_c - x0_u))
         assert torch.allclose(out.signal, 3 * out.x0)
-    assert torch.equal(classifier_free_guidance(denoise, cond, null, 1.0)(x, t).x0, denoise(x, t, cond).x0)
+    assert torch.equal(
+        classifier_free_guidance(denoise, cond, null, 1.0)(x, t).x0, denoise(x, t, cond).x0
+    )
 
 
 def test_cfg_returns_the_conditional_signal_when_it_is_not_a_tensor():
     def denoise(x_t, t, condition):
         return Denoised(x0=x_t * 0 + condition[:, None], signal={"field": condition * 10})
 
-    out = classifier_free_guidance(denoise, torch.tensor([1.0]), torch.tensor([0.0]), 2.0)(torch.zeros(1, 2), torch.ones(1))
+    out = classifier_free_guidance(denoise, torch.tensor([1.0]), torch.tensor([0.0]), 2.0)(
+        torch.zeros(1, 2), torch.ones(1)
+    )
     assert torch.equal(out.signal["field"], torch.tensor([10.0]))
     assert torch.equal(out.x0, torch.full((1, 2), 2.0))
 
@@ -54,7 +58,12 @@ def test_reconstruction_guidance_is_the_gradient_of_context_error():
         return Denoised(x0=x0, signal=x0)
 
     guided = reconstruction_guidance(
-        denoiser, schedule, forward_model=lambda s, p: s @ p.T, context_observation=observed, context_params=a, weight=0.3
+        denoiser,
+        schedule,
+        forward_model=lambda s, p: s @ p.T,
+        context_observation=observed,
+        context_params=a,
+        weight=0.3,
     )
     x, t = torch.tensor([[0.2, -0.4]]), torch.tensor([40.0])
     with torch.no_grad():
@@ -64,4 +73,11 @@ def test_reconstruction_guidance_is_the_gradient_of_context_error():
     abar = schedule.alphas_cumprod[40].float()
     assert torch.allclose(out.x0, x @ m.T - 0.3 * abar.sqrt() / 2 * grad, atol=1e-6)
     with pytest.raises(ValueError, match="weight"):
-        reconstruction_guidance(denoiser, schedule, forward_model=None, context_observation=observed, context_params=a, weight=-1)
+        reconstruction_guidance(
+            denoiser,
+            schedule,
+            forward_model=None,
+            context_observation=observed,
+            context_params=a,
+            weight=-1,
+        )

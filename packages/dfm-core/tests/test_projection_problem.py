@@ -21,7 +21,9 @@ from dfm_core.projection_problem import (
 def mixture_pdf(points: np.ndarray, prior: GaussianMixture) -> np.ndarray:
     """Mixture density by the textbook formula, in numpy float64 (independent of torch code)."""
     total = np.zeros(len(points))
-    for w, mu, cov in zip(prior.weights.numpy(), prior.means.numpy(), prior.covariances.numpy(), strict=True):
+    for w, mu, cov in zip(
+        prior.weights.numpy(), prior.means.numpy(), prior.covariances.numpy(), strict=True
+    ):
         diff = points - mu
         inv = np.linalg.inv(cov)
         norm = 1 / (2 * math.pi * math.sqrt(np.linalg.det(cov)))
@@ -49,12 +51,16 @@ def test_noiseless_posterior_matches_quadrature_along_the_line():
     mix_second = (w[:, None, None] * (covs + means[:, :, None] * means[:, None, :])).sum(0)
     mix_cov = mix_second - mix_mean[:, None] * mix_mean[None, :]
     assert float(mix_mean @ torch.tensor(normal)) == pytest.approx(mean_s, abs=1e-6)
-    assert float(torch.tensor(normal) @ mix_cov @ torch.tensor(normal)) == pytest.approx(var_s, rel=1e-5)
+    assert float(torch.tensor(normal) @ mix_cov @ torch.tensor(normal)) == pytest.approx(
+        var_s, rel=1e-5
+    )
     assert float(mix_mean @ u[0, 0]) == pytest.approx(0.4, abs=1e-12)  # on the line
 
 
 def test_noisy_posterior_matches_importance_sampling():
-    problem = ProjectionProblem.build(3, 1, num_components=4, noise_std=0.3, seed=1, target_views="uniform")
+    problem = ProjectionProblem.build(
+        3, 1, num_components=4, noise_std=0.3, seed=1, target_views="uniform"
+    )
     g = torch.Generator().manual_seed(0)
     a = random_projections(1, 1, 3, g).double()
     o = torch.tensor([[0.5]], dtype=torch.float64)
@@ -70,10 +76,16 @@ def test_noisy_posterior_matches_importance_sampling():
 def test_projections_are_orthonormal_and_complements_orthogonal():
     g = torch.Generator().manual_seed(0)
     p = random_projections(10, 3, 6, g, dtype=torch.float64)
-    assert torch.allclose(p @ p.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(10, 3, 3), atol=1e-12)
+    assert torch.allclose(
+        p @ p.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(10, 3, 3), atol=1e-12
+    )
     q = complement_projections(p, g)
-    assert torch.allclose(q @ q.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(10, 3, 3), atol=1e-12)
-    assert torch.allclose(q @ p.transpose(-1, -2), torch.zeros(10, 3, 3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        q @ q.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(10, 3, 3), atol=1e-12
+    )
+    assert torch.allclose(
+        q @ p.transpose(-1, -2), torch.zeros(10, 3, 3, dtype=torch.float64), atol=1e-12
+    )
     with pytest.raises(ValueError, match="2k <= d"):
         complement_projections(random_projections(2, 2, 3, g))
 
@@ -83,11 +95,15 @@ def test_forward_model_and_dataset_are_consistent_and_deterministic():
     batch, signal = problem.draw(5, torch.Generator().manual_seed(2))
     forward = SubspaceProjection()
     assert torch.allclose(forward(signal, batch.target_params), batch.target, atol=1e-5)
-    assert torch.allclose(forward(signal, batch.context.params), batch.context.observation, atol=1e-5)
+    assert torch.allclose(
+        forward(signal, batch.context.params), batch.context.observation, atol=1e-5
+    )
     stacked = torch.stack([batch.target_params, batch.novel_params], dim=1)
     assert forward(signal, stacked).shape == (5, 2, 3)
     dataset = ProjectionDataset(problem, batch_size=4)
-    assert torch.equal(dataset[7].target, dataset[7].target) and not torch.equal(dataset[7].target, dataset[8].target)
+    assert torch.equal(dataset[7].target, dataset[7].target) and not torch.equal(
+        dataset[7].target, dataset[8].target
+    )
 
 
 def test_energy_distance_closed_forms():
@@ -102,7 +118,9 @@ def test_energy_distance_closed_forms():
     ref -= torch.stack([(p - q).norm() for p in xs for q in xs]).mean()
     ref -= torch.stack([(p - q).norm() for p in ys for q in ys]).mean()
     assert energy_distance(x[0], y).item() == pytest.approx(ref.item(), rel=1e-10)
-    shift = sliced_wasserstein(torch.zeros(1, 10, 2), torch.ones(1, 10, 2), generator=torch.Generator().manual_seed(0))
+    shift = sliced_wasserstein(
+        torch.zeros(1, 10, 2), torch.ones(1, 10, 2), generator=torch.Generator().manual_seed(0)
+    )
     assert shift.item() == pytest.approx(1.0, rel=0.2)  # E[(u.1)^2]^(1/2) = 1 for unit u in 2-D
     with pytest.raises(ValueError, match="incompatible"):
         energy_distance(torch.zeros(3, 2), torch.zeros(3, 3))

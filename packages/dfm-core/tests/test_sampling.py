@@ -51,21 +51,39 @@ def gaussian_oracle(mu: torch.Tensor, std: float, schedule: NoiseSchedule = SCHE
 
 
 def point_oracle(point: torch.Tensor):
-    return lambda x_t, t: Denoised(x0=point.expand_as(x_t).clone(), signal=point.expand_as(x_t).clone())
+    return lambda x_t, t: Denoised(
+        x0=point.expand_as(x_t).clone(), signal=point.expand_as(x_t).clone()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_point_mass_returns_the_point(name):
     point = torch.tensor([0.25, -0.5, 1.0])
-    out = sample(name, point_oracle(point), SCHEDULE, (4, 3), steps=5, generator=torch.Generator().manual_seed(0))
+    out = sample(
+        name,
+        point_oracle(point),
+        SCHEDULE,
+        (4, 3),
+        steps=5,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.allclose(out.observation, point.expand(4, 3), atol=1e-6)
     assert torch.allclose(out.signal, point.expand(4, 3))
 
 
-@pytest.mark.parametrize("name,options", [*STOCHASTIC.items(), *[(f"{k}", v) for k, v in DETERMINISTIC.items()]])
+@pytest.mark.parametrize(
+    "name,options", [*STOCHASTIC.items(), *[(f"{k}", v) for k, v in DETERMINISTIC.items()]]
+)
 def test_gaussian_oracle_reproduces_the_data_distribution(name, options):
     mu, std, n = torch.tensor([0.5, -1.0]), 0.3, 4000
-    out = sample(name, gaussian_oracle(mu, std), SCHEDULE, (n, 2), generator=torch.Generator().manual_seed(1), **options)
+    out = sample(
+        name,
+        gaussian_oracle(mu, std),
+        SCHEDULE,
+        (n, 2),
+        generator=torch.Generator().manual_seed(1),
+        **options,
+    )
     x = out.observation.double()
     # Mean within 5 standard errors; std within 6%.
     assert torch.allclose(x.mean(0), mu.double(), atol=5 * std / math.sqrt(n))
@@ -93,9 +111,18 @@ def test_final_observation_is_the_final_denoised_estimate(name):
 @pytest.mark.parametrize("name,options", sorted(STOCHASTIC.items()))
 def test_per_sample_seeding_is_independent_of_batch_position(name, options):
     denoiser = gaussian_oracle(torch.tensor([0.1, 0.2]), 0.4)
-    alone = sample(name, denoiser, SCHEDULE, (1, 2), generator=[torch.Generator().manual_seed(7)], **options)
+    alone = sample(
+        name, denoiser, SCHEDULE, (1, 2), generator=[torch.Generator().manual_seed(7)], **options
+    )
     seeds = [3, 5, 7]
-    batch = sample(name, denoiser, SCHEDULE, (3, 2), generator=[torch.Generator().manual_seed(s) for s in seeds], **options)
+    batch = sample(
+        name,
+        denoiser,
+        SCHEDULE,
+        (3, 2),
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        **options,
+    )
     assert torch.allclose(batch.observation[2], alone.observation[0], atol=1e-6)
     assert not torch.allclose(batch.observation[0], batch.observation[2])
 
@@ -103,12 +130,21 @@ def test_per_sample_seeding_is_independent_of_batch_position(name, options):
 @pytest.mark.parametrize("name,options", sorted(DETERMINISTIC.items()))
 def test_deterministic_samplers_draw_only_the_initial_noise(name, options):
     generator = torch.Generator().manual_seed(11)
-    first = sample(name, gaussian_oracle(torch.zeros(2), 0.4), SCHEDULE, (5, 2), generator=generator, **options)
+    first = sample(
+        name, gaussian_oracle(torch.zeros(2), 0.4), SCHEDULE, (5, 2), generator=generator, **options
+    )
     state_after = generator.get_state()
     reference = torch.Generator().manual_seed(11)
     torch.randn((5, 2), generator=reference, dtype=torch.float64)
     assert torch.equal(state_after, reference.get_state())
-    again = sample(name, gaussian_oracle(torch.zeros(2), 0.4), SCHEDULE, (5, 2), generator=torch.Generator().manual_seed(11), **options)
+    again = sample(
+        name,
+        gaussian_oracle(torch.zeros(2), 0.4),
+        SCHEDULE,
+        (5, 2),
+        generator=torch.Generator().manual_seed(11),
+        **options,
+    )
     assert torch.equal(first.observation, again.observation)
 
 
@@ -117,22 +153,48 @@ def test_temperature_scales_a_deterministic_gaussian_map(name, options):
     # For zero-mean Gaussian data the probability-flow map is linear: x_T -> std * x_T (to ODE
     # error), so scaling the initial noise by tau scales every sample by tau.
     denoiser = gaussian_oracle(torch.zeros(2), 0.5)
-    base = sample(name, denoiser, SCHEDULE, (6, 2), generator=torch.Generator().manual_seed(2), **options)
-    cold = sample(name, denoiser, SCHEDULE, (6, 2), generator=torch.Generator().manual_seed(2), temperature=0.5, **options)
+    base = sample(
+        name, denoiser, SCHEDULE, (6, 2), generator=torch.Generator().manual_seed(2), **options
+    )
+    cold = sample(
+        name,
+        denoiser,
+        SCHEDULE,
+        (6, 2),
+        generator=torch.Generator().manual_seed(2),
+        temperature=0.5,
+        **options,
+    )
     assert torch.allclose(cold.observation, 0.5 * base.observation, atol=1e-5)
 
 
 def test_ddim_with_eta_one_is_ancestral_ddpm():
     denoiser = gaussian_oracle(torch.tensor([0.3, 0.0]), 0.6)
-    ddim = sample_ddim(denoiser, SCHEDULE, (8, 2), steps=25, eta=1.0, generator=torch.Generator().manual_seed(4))
-    ddpm = sample_ddpm(denoiser, SCHEDULE, (8, 2), steps=25, generator=torch.Generator().manual_seed(4))
+    ddim = sample_ddim(
+        denoiser, SCHEDULE, (8, 2), steps=25, eta=1.0, generator=torch.Generator().manual_seed(4)
+    )
+    ddpm = sample_ddpm(
+        denoiser, SCHEDULE, (8, 2), steps=25, generator=torch.Generator().manual_seed(4)
+    )
     assert torch.allclose(ddim.observation, ddpm.observation, atol=1e-5)
 
 
 def test_original_spacing_reproduces_the_dfm_code():
     assert ddim_timesteps(1000, 50, "original")[:3] == [999, 979, 959]
     assert ddim_timesteps(1000, 50, "original")[-3:] == [39, 19, -1]
-    assert ddim_timesteps(1000, 10, "original") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99, -1]
+    assert ddim_timesteps(1000, 10, "original") == [
+        999,
+        899,
+        799,
+        699,
+        599,
+        499,
+        399,
+        299,
+        199,
+        99,
+        -1,
+    ]
     trailing = ddim_timesteps(1000, 1000, "trailing")
     assert trailing == [*range(999, -1, -1), -1]
 
@@ -155,7 +217,9 @@ def test_karras_sigmas_endpoints():
 
 def test_bad_input_names_the_argument():
     denoiser = point_oracle(torch.zeros(2))
-    with pytest.raises(ValueError, match="steps: asked for 2000 sampling steps but the schedule has only 1000"):
+    with pytest.raises(
+        ValueError, match="steps: asked for 2000 sampling steps but the schedule has only 1000"
+    ):
         sample_ddim(denoiser, SCHEDULE, (1, 2), steps=2000)
     with pytest.raises(ValueError, match="sampler: unknown name 'plms'"):
         sample("plms", denoiser, SCHEDULE, (1, 2))
@@ -165,7 +229,9 @@ def test_bad_input_names_the_argument():
         sample_ddim(denoiser, SCHEDULE, (3, 2), generator=[torch.Generator(), torch.Generator()])
     with pytest.raises(ValueError, match="temperature"):
         sample_ddim(denoiser, SCHEDULE, (1, 2), temperature=0.0)
-    with pytest.raises(ValueError, match=r"denoiser returned x0 of shape \(1, 3\), expected \(1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"denoiser returned x0 of shape \(1, 3\), expected \(1, 2\)"
+    ):
         sample_ddim(lambda x, t: Denoised(torch.zeros(1, 3), None), SCHEDULE, (1, 2), steps=2)
     with pytest.raises(ValueError, match="sigma_min/sigma_max"):
         sample("edm", denoiser, SCHEDULE, (1, 2), sigma_max=1e9)

@@ -29,7 +29,9 @@ def test_cosine_matches_nichol_dhariwal_closed_form():
     unclipped = int((betas < 0.999).sum())
     assert unclipped > 990
     got = schedule.alphas_cumprod[:unclipped]
-    assert torch.allclose(got, torch.tensor(expected[:unclipped], dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    assert torch.allclose(
+        got, torch.tensor(expected[:unclipped], dtype=torch.float64), rtol=1e-12, atol=1e-15
+    )
     assert betas.max().item() == pytest.approx(0.999)
 
 
@@ -51,7 +53,9 @@ def test_sigmoid_matches_closed_form():
         return 1 / (1 + math.exp(-x))
 
     def abar(t):
-        return (sig(end / tau) - sig((t / T * (end - start) + start) / tau)) / (sig(end / tau) - sig(start / tau))
+        return (sig(end / tau) - sig((t / T * (end - start) + start) / tau)) / (
+            sig(end / tau) - sig(start / tau)
+        )
 
     for t in [0, 10, 50, 90]:
         assert schedule.alphas_cumprod[t].item() == pytest.approx(abar(t + 1) / abar(0), rel=1e-10)
@@ -74,7 +78,9 @@ def test_add_noise_is_the_forward_process():
     x0, noise = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     t = torch.tensor([0, 10, 50, 99])
     abar = schedule.alphas_cumprod[t][:, None]
-    assert torch.allclose(schedule.add_noise(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
+    assert torch.allclose(
+        schedule.add_noise(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    )
 
 
 def test_prediction_conversions_round_trip():

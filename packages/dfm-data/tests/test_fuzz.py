@@ -84,7 +84,7 @@ def mutated_frames(draw):
     ):
         R = rec["viewpoint"]["R"]
         i, j = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-        if isinstance(R[i], list) and j < len(R[i]):
+        if i < len(R) and isinstance(R[i], list) and j < len(R[i]):
             R[i][j] = draw(st.floats())
     return rec
 

@@ -15,7 +15,14 @@ from dfm_core.diffusion import (
     SignalPredictor,
     drop_context,
 )
-from dfm_core.dit import DIT_PRESETS, DiT, DiTConfig, dit_config, sincos_pos_embed_2d, timestep_embedding
+from dfm_core.dit import (
+    DIT_PRESETS,
+    DiT,
+    DiTConfig,
+    dit_config,
+    sincos_pos_embed_2d,
+    timestep_embedding,
+)
 from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
 from dfm_core.metrics import energy_distance, sliced_wasserstein
 from dfm_core.sampling import (
@@ -56,10 +63,10 @@ __all__ = [
     "Condition",
     "Context",
     "DFMBatch",
-    "DiT",
-    "DiTConfig",
     "Denoised",
     "Denoiser",
+    "DiT",
+    "DiTConfig",
     "ForwardDiffusion",
     "ForwardModel",
     "NoiseSchedule",

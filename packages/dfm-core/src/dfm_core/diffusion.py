@@ -69,7 +69,9 @@ class SignalPredictor(Protocol):
     context to ``__call__``; this is where expensive per-context work belongs.
     """
 
-    def __call__(self, context: Any, noisy_target: Tensor, t: Tensor, target_params: Any) -> Any: ...
+    def __call__(
+        self, context: Any, noisy_target: Tensor, t: Tensor, target_params: Any
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,9 @@ class ForwardDiffusion(nn.Module):
         if loss_type not in ("l2", "l1"):
             raise ValueError(f"loss_type: expected 'l2' or 'l1', got {loss_type!r}")
         if not 0.0 <= context_dropout < 1.0:
-            raise ValueError(f"context_dropout: expected a probability in [0, 1), got {context_dropout}")
+            raise ValueError(
+                f"context_dropout: expected a probability in [0, 1), got {context_dropout}"
+            )
         if novel_weight < 0:
             raise ValueError(f"novel_weight: expected >= 0, got {novel_weight}")
         self.predictor = predictor
@@ -190,7 +194,9 @@ class ForwardDiffusion(nn.Module):
             self.regularizers[name] = _WeightedRegularizer(float(weight), fn)
 
     # ---- training -------------------------------------------------------------------
-    def forward(self, batch: DFMBatch, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, batch: DFMBatch, *, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """The DFM loss terms for one batch (called by the trainer).
 
         Returns:
@@ -204,21 +210,34 @@ class ForwardDiffusion(nn.Module):
 
         # t ~ U{0..T-1} and eps ~ N(0, I), per sample, from the injected generator.
         t = torch.randint(
-            0, self.schedule.num_timesteps, (batch_size,), generator=generator, device=generator_device
+            0,
+            self.schedule.num_timesteps,
+            (batch_size,),
+            generator=generator,
+            device=generator_device,
         ).to(device)
-        noise = torch.randn(target.shape, generator=generator, device=generator_device).to(device, target.dtype)
+        noise = torch.randn(target.shape, generator=generator, device=generator_device).to(
+            device, target.dtype
+        )
         noisy_target = self.schedule.add_noise(target, t, noise)
 
         # Classifier-free guidance: drop each sample's context independently.
-        keep = torch.rand(batch_size, generator=generator, device=generator_device).to(device) >= self.context_dropout
+        keep = (
+            torch.rand(batch_size, generator=generator, device=generator_device).to(device)
+            >= self.context_dropout
+        )
         context = drop_context(batch.context, keep)
 
-        signal = self.predictor(self.encode_context(context), noisy_target, t.to(target.dtype), batch.target_params)
+        signal = self.predictor(
+            self.encode_context(context), noisy_target, t.to(target.dtype), batch.target_params
+        )
         terms: dict[str, Tensor] = {}
         terms["target"] = self._distance(self.forward_model(signal, batch.target_params), target)
         total = terms["target"]
         if batch.novel is not None:
-            terms["novel"] = self._distance(self.forward_model(signal, batch.novel_params), batch.novel)
+            terms["novel"] = self._distance(
+                self.forward_model(signal, batch.novel_params), batch.novel
+            )
             total = total + self.novel_weight * terms["novel"]
         for name, term in self.regularizers.items():
             terms[name] = term.fn(signal, batch, t)
@@ -252,7 +271,9 @@ class ForwardDiffusion(nn.Module):
                 branch of classifier-free guidance.
         """
         if drop:
-            keep = torch.zeros(context.observation.shape[0], dtype=torch.bool, device=context.observation.device)
+            keep = torch.zeros(
+                context.observation.shape[0], dtype=torch.bool, device=context.observation.device
+            )
             context = drop_context(context, keep)
         return Condition(self.encode_context(context), target_params)
 
@@ -273,4 +294,3 @@ class ForwardDiffusion(nn.Module):
     def denoiser(self, condition: Condition) -> Callable[[Tensor, Tensor], Denoised]:
         """Bind a condition, giving the ``denoiser(x_t, t)`` callable samplers take."""
         return lambda x_t, t: self.denoise(x_t, t, condition)
-

@@ -25,7 +25,9 @@ def energy_distance(x: Tensor, y: Tensor) -> Tensor:
         shape (...), float64.
     """
     if x.shape[:-2] != y.shape[:-2] or x.shape[-1] != y.shape[-1]:
-        raise ValueError(f"energy_distance: incompatible shapes {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"energy_distance: incompatible shapes {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     x, y = x.double(), y.double()
     xy = torch.cdist(x, y).mean(dim=(-2, -1))
     xx = torch.cdist(x, x).mean(dim=(-2, -1))
@@ -33,7 +35,9 @@ def energy_distance(x: Tensor, y: Tensor) -> Tensor:
     return 2 * xy - xx - yy
 
 
-def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 128, generator: torch.Generator | None = None) -> Tensor:
+def sliced_wasserstein(
+    x: Tensor, y: Tensor, num_projections: int = 128, generator: torch.Generator | None = None
+) -> Tensor:
     """Sliced 2-Wasserstein distance between equal-size sample sets.
 
     Args:
@@ -45,7 +49,9 @@ def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 128, generat
         shape (...), float64.
     """
     if x.shape != y.shape:
-        raise ValueError(f"sliced_wasserstein: expected equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"sliced_wasserstein: expected equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     x, y = x.double(), y.double()
     directions = torch.randn(x.shape[-1], num_projections, generator=generator, dtype=torch.float64)
     directions = directions / directions.norm(dim=0, keepdim=True)

@@ -21,7 +21,9 @@ is averaged away; this is the same assumption as the paper's Proposition 1.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -31,12 +33,15 @@ from dfm_core.diffusion import Context, DFMBatch, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
 from dfm_core.metrics import energy_distance
 from dfm_core.sampling import sample
+from dfm_core.schedules import NoiseSchedule
+from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
 from dfm_core.tree import tree_cat, tree_to
 
 __all__ = [
     "GaussianMixture",
     "PosteriorScores",
     "ProjectionDataset",
+    "ProjectionFitConfig",
     "ProjectionPredictor",
     "ProjectionProblem",
     "RegressionBaseline",
@@ -44,6 +49,7 @@ __all__ = [
     "collate_projection",
     "complement_projections",
     "exact_posterior",
+    "fit_projection_models",
     "posterior_samples",
     "random_projections",
     "score_samples",
@@ -69,14 +75,22 @@ class GaussianMixture:
         weights = self.weights.double()
         batch_shape = weights.shape[:-1]
         flat_weights = weights.reshape(-1, weights.shape[-1])
-        components = torch.multinomial(flat_weights, num_samples, replacement=True, generator=generator)
+        components = torch.multinomial(
+            flat_weights, num_samples, replacement=True, generator=generator
+        )
         components = components.reshape(*batch_shape, num_samples)
         d = self.means.shape[-1]
-        means = torch.gather(self.means.double(), -2, components[..., None].expand(*components.shape, d))
+        means = torch.gather(
+            self.means.double(), -2, components[..., None].expand(*components.shape, d)
+        )
         # A symmetric square root rather than Cholesky: posterior covariances are only
         # positive semi-definite (rank d - k when the observation is noiseless).
         eigenvalues, eigenvectors = torch.linalg.eigh(self.covariances.double())
-        root = eigenvectors @ torch.diag_embed(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.transpose(-1, -2)
+        root = (
+            eigenvectors
+            @ torch.diag_embed(eigenvalues.clamp(min=0).sqrt())
+            @ eigenvectors.transpose(-1, -2)
+        )
         chol = torch.gather(root, -3, components[..., None, None].expand(*components.shape, d, d))
         noise = torch.randn(*components.shape, d, 1, generator=generator, dtype=torch.float64)
         return means + (chol @ noise).squeeze(-1)
@@ -99,21 +113,31 @@ class GaussianMixture:
         if dim < 1 or num_components < 1:
             raise ValueError(f"dim and num_components must be >= 1, got {dim}, {num_components}")
         if dim == 2:
-            angles = 2 * math.pi * torch.arange(num_components, dtype=torch.float64) / num_components
+            angles = (
+                2 * math.pi * torch.arange(num_components, dtype=torch.float64) / num_components
+            )
             angles = angles + 2 * math.pi * torch.rand((), generator=generator, dtype=torch.float64)
             means = radius * torch.stack([angles.cos(), angles.sin()], dim=-1)
         else:
             directions = torch.randn(num_components, dim, generator=generator, dtype=torch.float64)
             means = radius * directions / directions.norm(dim=-1, keepdim=True)
         weights = 1 + torch.rand(num_components, generator=generator, dtype=torch.float64)
-        rotations, _ = torch.linalg.qr(torch.randn(num_components, dim, dim, generator=generator, dtype=torch.float64))
-        stds = min_std + (max_std - min_std) * torch.rand(num_components, dim, generator=generator, dtype=torch.float64)
+        rotations, _ = torch.linalg.qr(
+            torch.randn(num_components, dim, dim, generator=generator, dtype=torch.float64)
+        )
+        stds = min_std + (max_std - min_std) * torch.rand(
+            num_components, dim, generator=generator, dtype=torch.float64
+        )
         covariances = rotations @ torch.diag_embed(stds**2) @ rotations.transpose(-1, -2)
         return GaussianMixture(weights / weights.sum(), means, covariances)
 
 
 def random_projections(
-    num: int, k: int, d: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    num: int,
+    k: int,
+    d: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Uniformly random k-dimensional subspaces of R^d, as matrices with orthonormal rows.
 
@@ -140,7 +164,9 @@ class SubspaceProjection(nn.Module):
             return (params @ signal.unsqueeze(-1)).squeeze(-1)
         if params.ndim == 4:
             return (params @ signal[:, None, :, None]).squeeze(-1)
-        raise ValueError(f"params: expected shape (B, k, d) or (B, V, k, d), got {tuple(params.shape)}")
+        raise ValueError(
+            f"params: expected shape (B, k, d) or (B, V, k, d), got {tuple(params.shape)}"
+        )
 
 
 def exact_posterior(
@@ -168,7 +194,9 @@ def exact_posterior(
     mu = prior.means.double()[None, :, :, None]  # (1, K, d, 1)
     sigma = prior.covariances.double()[None]  # (1, K, d, d)
     k = a.shape[-2]
-    c = a @ sigma @ a.transpose(-1, -2) + noise_std**2 * torch.eye(k, dtype=torch.float64)  # (B, K, k, k)
+    c = a @ sigma @ a.transpose(-1, -2) + noise_std**2 * torch.eye(
+        k, dtype=torch.float64
+    )  # (B, K, k, k)
     residual = obs - a @ mu  # (B, K, k, 1)
     c_chol = torch.linalg.cholesky(c)
     solved = torch.cholesky_solve(residual, c_chol)  # C^{-1} r
@@ -182,7 +210,9 @@ def exact_posterior(
     return GaussianMixture(torch.softmax(log_weights, dim=-1), means, covariances)
 
 
-def complement_projections(context_params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def complement_projections(
+    context_params: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
     """Random k-dim subspaces inside the orthogonal complement of each context subspace.
 
     Args:
@@ -222,7 +252,9 @@ class ProjectionProblem:
 
     def __post_init__(self) -> None:
         if self.target_views not in ("uniform", "complement"):
-            raise ValueError(f"target_views: expected 'uniform' or 'complement', got {self.target_views!r}")
+            raise ValueError(
+                f"target_views: expected 'uniform' or 'complement', got {self.target_views!r}"
+            )
         if self.target_views == "complement" and 2 * self.observation_dim > self.signal_dim:
             raise ValueError(
                 f"target_views='complement' needs 2k <= d, got k={self.observation_dim}, d={self.signal_dim}"
@@ -247,17 +279,25 @@ class ProjectionProblem:
         prior = GaussianMixture.random(signal_dim, num_components, generator)
         return ProjectionProblem(prior, signal_dim, observation_dim, noise_std, target_views)
 
-    def target_params(self, context_params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def target_params(
+        self, context_params: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """phi^trgt (B, k, d) for contexts phi^ctxt (B, k, d), following ``target_views``."""
         if self.target_views == "complement":
             return complement_projections(context_params, generator)
-        return random_projections(context_params.shape[0], self.observation_dim, self.signal_dim, generator)
+        return random_projections(
+            context_params.shape[0], self.observation_dim, self.signal_dim, generator
+        )
 
-    def observe(self, signal: Tensor, projection: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def observe(
+        self, signal: Tensor, projection: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """O = projection @ S + noise. signal (B, d), projection (B, k, d) -> (B, k)."""
         clean = (projection.double() @ signal.double()[..., None]).squeeze(-1)
         if self.noise_std > 0:
-            clean = clean + self.noise_std * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+            clean = clean + self.noise_std * torch.randn(
+                clean.shape, generator=generator, dtype=torch.float64
+            )
         return clean.float()
 
     def draw(self, batch_size: int, generator: torch.Generator) -> tuple[DFMBatch, Tensor]:
@@ -285,7 +325,9 @@ class ProjectionDataset(Dataset):
     than 256 separate draws.
     """
 
-    def __init__(self, problem: ProjectionProblem, batch_size: int, length: int = 1_000_000, seed: int = 0) -> None:
+    def __init__(
+        self, problem: ProjectionProblem, batch_size: int, length: int = 1_000_000, seed: int = 0
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         self.problem, self.batch_size, self.length, self.seed = problem, batch_size, length, seed
@@ -305,7 +347,9 @@ def collate_projection(items: list[DFMBatch]) -> DFMBatch:
 
 def _timestep_features(t: Tensor, num_timesteps: int, dim: int = 32) -> Tensor:
     """Sinusoidal features of t / T: (B,) -> (B, dim)."""
-    frequencies = torch.exp(torch.linspace(0, math.log(1000.0), dim // 2, device=t.device))
+    # Highest frequency 100 half-turns over the schedule: well below the Nyquist limit of
+    # integer timesteps, so training steps do not alias into parity-like features.
+    frequencies = torch.exp(torch.linspace(0, math.log(100.0), dim // 2, device=t.device))
     angles = (t.float() / num_timesteps)[:, None] * frequencies[None] * math.pi
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -322,7 +366,9 @@ def _geometry_features(
     back_context = (context_proj.transpose(-1, -2) @ context_obs[..., None]).squeeze(-1)
     back_target = (target_proj.transpose(-1, -2) @ target_obs[..., None]).squeeze(-1)
     stacked = torch.cat([context_proj, target_proj], dim=-2)  # (B, 2k, d)
-    gram = stacked.transpose(-1, -2) @ stacked + 1e-2 * torch.eye(stacked.shape[-1], device=stacked.device)
+    gram = stacked.transpose(-1, -2) @ stacked + 1e-2 * torch.eye(
+        stacked.shape[-1], device=stacked.device
+    )
     least_squares = torch.linalg.solve(gram, (back_context + back_target)[..., None]).squeeze(-1)
     return torch.cat([back_context, back_target, least_squares], dim=-1)
 
@@ -359,7 +405,9 @@ class ProjectionPredictor(nn.Module):
         layers.append(nn.Linear(hidden, d))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, context: Context, noisy_target: Tensor, t: Tensor, target_params: Tensor) -> Tensor:
+    def forward(
+        self, context: Context, noisy_target: Tensor, t: Tensor, target_params: Tensor
+    ) -> Tensor:
         batch = noisy_target.shape[0]
         features = torch.cat(
             [
@@ -367,14 +415,18 @@ class ProjectionPredictor(nn.Module):
                 noisy_target,
                 context.params.reshape(batch, -1),
                 target_params.reshape(batch, -1),
-                _geometry_features(context.observation, context.params, noisy_target, target_params),
+                _geometry_features(
+                    context.observation, context.params, noisy_target, target_params
+                ),
                 _timestep_features(t, self.num_timesteps),
             ],
             dim=-1,
         )
         signal = self.mlp(features)
         if self.context_consistent:
-            residual = context.observation - (context.params @ signal[..., None]).squeeze(-1)  # (B, k)
+            residual = context.observation - (context.params @ signal[..., None]).squeeze(
+                -1
+            )  # (B, k)
             signal = signal + (context.params.transpose(-1, -2) @ residual[..., None]).squeeze(-1)
         return signal
 
@@ -387,7 +439,9 @@ class RegressionBaseline(nn.Module):
     Follows the trainer contract: ``forward(batch, generator=...) -> {"loss": ...}``.
     """
 
-    def __init__(self, signal_dim: int, observation_dim: int, hidden: int = 256, depth: int = 4) -> None:
+    def __init__(
+        self, signal_dim: int, observation_dim: int, hidden: int = 256, depth: int = 4
+    ) -> None:
         super().__init__()
         d, k = signal_dim, observation_dim
         layers: list[nn.Module] = [nn.Linear(k + k * d + d, hidden), nn.SiLU()]
@@ -401,9 +455,13 @@ class RegressionBaseline(nn.Module):
         """S_hat (B, d) from a context with observation (B, k), params (B, k, d)."""
         batch = context.observation.shape[0]
         back = (context.params.transpose(-1, -2) @ context.observation[..., None]).squeeze(-1)
-        return self.mlp(torch.cat([context.observation, context.params.reshape(batch, -1), back], dim=-1))
+        return self.mlp(
+            torch.cat([context.observation, context.params.reshape(batch, -1), back], dim=-1)
+        )
 
-    def forward(self, batch: DFMBatch, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, batch: DFMBatch, *, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         signal = self.predict(batch.context)
         target = (self.forward_model(signal, batch.target_params) - batch.target).square().mean()
         novel = (self.forward_model(signal, batch.novel_params) - batch.novel).square().mean()
@@ -494,7 +552,9 @@ def posterior_samples(
         out["dfm"] = result.signal.double().cpu().reshape(num_contexts, num_samples, d)
     if baseline is not None:
         device = next(baseline.parameters()).device
-        prediction = baseline.predict(tree_to(Context(context_obs, context_params), device)).double().cpu()
+        prediction = (
+            baseline.predict(tree_to(Context(context_obs, context_params), device)).double().cpu()
+        )
         out["baseline"] = prediction[:, None, :].expand(num_contexts, num_samples, d)
     return out
 
@@ -504,5 +564,99 @@ def score_samples(samples: dict[str, Tensor]) -> PosteriorScores:
     exact = samples["exact"]
     floor = energy_distance(samples["exact_repeat"], exact).mean().item()
     dfm = energy_distance(samples["dfm"], exact).mean().item() if "dfm" in samples else math.nan
-    baseline = energy_distance(samples["baseline"], exact).mean().item() if "baseline" in samples else math.nan
+    baseline = (
+        energy_distance(samples["baseline"], exact).mean().item()
+        if "baseline" in samples
+        else math.nan
+    )
     return PosteriorScores(dfm=dfm, baseline=baseline, noise_floor=floor)
+
+
+@dataclass
+class ProjectionFitConfig:
+    """How to fit DFM and the deterministic baseline to a ``ProjectionProblem``."""
+
+    steps: int = 12_000
+    """Optimiser steps for the DFM model."""
+    baseline_steps: int = 3_000
+    """Optimiser steps for the regression baseline (it converges much faster)."""
+    batch_size: int = 256
+    """Training examples per step."""
+    lr: float = 1e-3
+    """Peak learning rate (cosine decay to 1% after a short warm-up)."""
+    hidden: int = 128
+    """Width of the MLPs."""
+    depth: int = 4
+    """Number of hidden layers of the MLPs."""
+    context_consistent: bool = True
+    """Project predicted signals onto the context-consistent set (noiseless problems)."""
+    num_timesteps: int = 1000
+    """Diffusion steps T (cosine schedule)."""
+    seed: int = 0
+    """Seed of the training data and the trainer."""
+
+
+def fit_projection_models(
+    problem: ProjectionProblem,
+    config: ProjectionFitConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+) -> tuple[ForwardDiffusion, RegressionBaseline]:
+    """Train DFM and the regression baseline with the project's ``Trainer``.
+
+    Resumable: rerunning with the same ``run_dir`` continues from the last checkpoints.
+    Returns the EMA weights of both models, in eval mode, on CPU.
+    """
+    run_dir = Path(run_dir)
+    d, k = problem.signal_dim, problem.observation_dim
+    predictor = ProjectionPredictor(
+        d,
+        k,
+        config.num_timesteps,
+        hidden=config.hidden,
+        depth=config.depth,
+        context_consistent=config.context_consistent,
+    )
+    schedule = NoiseSchedule.from_name("cosine", config.num_timesteps)
+    # No context dropout: the data-consistency layer needs the context (see ProjectionPredictor).
+    dropout = 0.0 if config.context_consistent else 0.1
+    diffusion = ForwardDiffusion(predictor, SubspaceProjection(), schedule, context_dropout=dropout)
+    baseline = RegressionBaseline(d, k, hidden=config.hidden, depth=config.depth)
+    fitted = []
+    for name, model, steps in (
+        ("dfm", diffusion, config.steps),
+        ("baseline", baseline, config.baseline_steps),
+    ):
+        trainer_config = TrainerConfig(
+            max_steps=steps,
+            batch_size=1,  # each dataset item is already a batch of config.batch_size
+            optimizer=OptimizerConfig(
+                name="adam",
+                lr=config.lr,
+                warmup_steps=min(200, steps),
+                schedule="cosine",
+                min_lr_ratio=0.01,
+            ),
+            ema_decay=0.999,
+            seed=config.seed,
+            num_workers=0,
+            log_every=max(1, min(100, steps)),
+            checkpoint_every=max(1, steps // 4),
+            keep_last=1,
+            progress=progress,
+            device="cpu",
+        )
+        dataset = ProjectionDataset(
+            problem, config.batch_size, length=max(steps, 1), seed=config.seed
+        )
+        trainer = Trainer(
+            model, dataset, trainer_config, run_dir=run_dir / name, collate_fn=collate_projection
+        )
+        trainer.resume()
+        if trainer.step < steps:
+            trainer.train()
+        ema = trainer.ema_model().eval()
+        trainer.close()
+        fitted.append(ema)
+    return fitted[0], fitted[1]  # type: ignore[return-value]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal, Protocol
 
 import torch
@@ -62,7 +63,7 @@ class Denoised:
 class Denoiser(Protocol):
     """``denoiser(x_t (B, *obs_shape), t (B,) float timesteps) -> Denoised``."""
 
-    def __call__(self, x_t: Tensor, t: Tensor) -> Denoised: ...
+    def __call__(self, x_t: Tensor, t: Tensor, /) -> Denoised: ...
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,17 @@ def randn(
     """
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = generator.device if generator is not None else device
-        return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+        return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(
+            device
+        )
     if len(generator) != shape[0]:
-        raise ValueError(f"generator: got {len(generator)} generators for a batch of {shape[0]} samples")
-    rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype).to(device) for g in generator]
+        raise ValueError(
+            f"generator: got {len(generator)} generators for a batch of {shape[0]} samples"
+        )
+    rows = [
+        torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
+        for g in generator
+    ]
     return torch.stack(rows)
 
 
@@ -160,16 +168,23 @@ def ddim_timesteps(
             f"steps: asked for {steps} sampling steps but the schedule has only {num_timesteps} timesteps"
         )
     if spacing == "trailing":
-        points = torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+        points = (
+            torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+        )
         return [*points, -1]
     if spacing == "original":
-        points = torch.linspace(-1, num_timesteps - 1, steps + 1, dtype=torch.float64).long().tolist()
+        points = (
+            torch.linspace(-1, num_timesteps - 1, steps + 1, dtype=torch.float64).long().tolist()
+        )
         return list(reversed(points))
     raise ValueError(f"spacing: expected 'trailing' or 'original', got {spacing!r}")
 
 
 def _initial_noise(
-    shape: Sequence[int], generator: Generator, temperature: float, device: torch.device | str | None
+    shape: Sequence[int],
+    generator: Generator,
+    temperature: float,
+    device: torch.device | str | None,
 ) -> Tensor:
     if temperature <= 0:
         raise ValueError(f"temperature: expected > 0, got {temperature}")
@@ -183,16 +198,16 @@ def _evaluate(
     t_batch = torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
     out = denoiser(x.to(dtype), t_batch)
     if out.x0.shape != x.shape:
-        raise ValueError(f"denoiser returned x0 of shape {tuple(out.x0.shape)}, expected {tuple(x.shape)}")
+        raise ValueError(
+            f"denoiser returned x0 of shape {tuple(out.x0.shape)}, expected {tuple(x.shape)}"
+        )
     x0 = out.x0.to(torch.float64)
     if threshold is not None:
         x0 = dynamic_threshold(x0, threshold)
     return x0, out.signal
 
 
-def _noise_for_step(
-    like: Tensor, generator: Generator
-) -> Tensor:
+def _noise_for_step(like: Tensor, generator: Generator) -> Tensor:
     return randn(like.shape, generator, device=like.device)
 
 
@@ -226,14 +241,19 @@ def sample_ddim(
     timesteps = ddim_timesteps(schedule.num_timesteps, steps, spacing)
     x = _initial_noise(shape, generator, temperature, device)
     signal: Any = None
-    for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+    for i, (t, t_next) in enumerate(pairwise(timesteps)):
         x0, signal = _evaluate(denoiser, x, t, dtype, threshold)
         alpha_bar = schedule.alpha_bar(torch.tensor(float(t))).item()
         alpha_bar_next = schedule.alpha_bar(torch.tensor(float(t_next))).item()
         # Song et al. eq. (12): x' = sqrt(abar') x0 + sqrt(1 - abar' - sigma^2) eps_hat + sigma z
         eps = (x - math.sqrt(alpha_bar) * x0) / math.sqrt(1 - alpha_bar)
-        sigma = eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next))
-        x = math.sqrt(alpha_bar_next) * x0 + math.sqrt(max(1 - alpha_bar_next - sigma**2, 0.0)) * eps
+        sigma = eta * math.sqrt(
+            (1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next)
+        )
+        x = (
+            math.sqrt(alpha_bar_next) * x0
+            + math.sqrt(max(1 - alpha_bar_next - sigma**2, 0.0)) * eps
+        )
         if sigma > 0:
             x = x + sigma * _noise_for_step(x, generator)
         if callback is not None:
@@ -265,7 +285,7 @@ def sample_ddpm(
     timesteps = ddim_timesteps(schedule.num_timesteps, steps or schedule.num_timesteps, "trailing")
     x = _initial_noise(shape, generator, temperature, device)
     signal: Any = None
-    for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+    for i, (t, t_next) in enumerate(pairwise(timesteps)):
         x0, signal = _evaluate(denoiser, x, t, dtype, threshold)
         alpha_bar = schedule.alpha_bar(torch.tensor(float(t))).item()
         alpha_bar_next = schedule.alpha_bar(torch.tensor(float(t_next))).item()
@@ -293,7 +313,9 @@ def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"steps: expected a positive int, got {num_steps!r}")
     if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"sigma_min/sigma_max: expected 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        raise ValueError(
+            f"sigma_min/sigma_max: expected 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
+        )
     ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
     if num_steps == 1:
         ramp = torch.zeros(1, dtype=torch.float64)
@@ -357,7 +379,7 @@ def sample_edm(
 
     x = _initial_noise(shape, generator, temperature, device) * sigmas[0]
     signal: Any = None
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
         # Churn (Algorithm 2, lines 4-6): raise the noise level to sigma_hat, add fresh noise.
         gamma = min(churn / steps, math.sqrt(2) - 1) if churn_min <= sigma <= churn_max else 0.0
         sigma_hat = sigma * (1 + gamma)
@@ -386,7 +408,9 @@ SAMPLERS: dict[str, Callable[..., SampleOutput]] = {
 }
 
 
-def sample(name: str, denoiser: Denoiser, schedule: NoiseSchedule, shape: Sequence[int], **kwargs: Any) -> SampleOutput:
+def sample(
+    name: str, denoiser: Denoiser, schedule: NoiseSchedule, shape: Sequence[int], **kwargs: Any
+) -> SampleOutput:
     """Dispatch to a sampler by name (``ddim``, ``ddpm``, ``edm``)."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler: unknown name {name!r}; expected one of {sorted(SAMPLERS)}")

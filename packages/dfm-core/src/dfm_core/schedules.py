@@ -37,16 +37,22 @@ __all__ = [
 
 
 def schedule_linear(
-    num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2
+    num_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 2e-2,
+    max_beta: float = 0.999,
 ) -> Tensor:
-    """Linear betas of Ho et al. (2020), rescaled so any T spans the same noise range.
+    """Linear betas of Ho et al. (2020), scaled by 1000 / T so any T spans a similar
+    noise range (Nichol & Dhariwal 2021), and clipped at ``max_beta`` for very small T.
 
     Returns:
         betas, shape (T,), float64.
     """
     _check_num_timesteps(num_timesteps)
     scale = 1000.0 / num_timesteps
-    return torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
+    return torch.linspace(
+        beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64
+    ).clamp(max=max_beta)
 
 
 def schedule_cosine(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -86,7 +92,9 @@ def schedule_sigmoid(
     steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
     v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
-    alphas_cumprod = (v_end - torch.sigmoid((steps * (end - start) + start) / tau)) / (v_end - v_start)
+    alphas_cumprod = (v_end - torch.sigmoid((steps * (end - start) + start) / tau)) / (
+        v_end - v_start
+    )
     betas = 1 - alphas_cumprod[1:] / alphas_cumprod[:-1]
     return betas.clamp(0, max_beta)
 
@@ -112,7 +120,9 @@ class NoiseSchedule:
 
     def __init__(self, betas: Tensor) -> None:
         if betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(f"betas: expected a 1-D tensor with T >= 1 entries, got shape {tuple(betas.shape)}")
+            raise ValueError(
+                f"betas: expected a 1-D tensor with T >= 1 entries, got shape {tuple(betas.shape)}"
+            )
         betas = betas.detach().to(torch.float64, copy=True)
         if not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas: every entry must lie in (0, 1]")
@@ -126,7 +136,9 @@ class NoiseSchedule:
     def from_name(cls, name: str, num_timesteps: int = 1000, **kwargs: float) -> NoiseSchedule:
         """Build a schedule by name: one of ``SCHEDULES`` (linear, cosine, sigmoid)."""
         if name not in SCHEDULES:
-            raise ValueError(f"schedule: unknown name {name!r}; expected one of {sorted(SCHEDULES)}")
+            raise ValueError(
+                f"schedule: unknown name {name!r}; expected one of {sorted(SCHEDULES)}"
+            )
         return cls(SCHEDULES[name](num_timesteps, **kwargs))
 
     @property
@@ -178,7 +190,9 @@ class NoiseSchedule:
         log_sigmas = self.log_sigmas.to(sigma.device)
         log_sigma = sigma.log().clamp(log_sigmas[0], log_sigmas[-1])
         # log_sigmas is strictly increasing for betas > 0, so a sorted search is valid.
-        high = torch.searchsorted(log_sigmas, log_sigma.reshape(-1).contiguous()).reshape(sigma.shape)
+        high = torch.searchsorted(log_sigmas, log_sigma.reshape(-1).contiguous()).reshape(
+            sigma.shape
+        )
         high = high.clamp(1, self.num_timesteps - 1) if self.num_timesteps > 1 else high.clamp(0, 0)
         low = (high - 1).clamp(min=0)
         span = (log_sigmas[high] - log_sigmas[low]).clamp(min=1e-300)

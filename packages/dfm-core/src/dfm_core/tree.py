@@ -34,9 +34,9 @@ def tree_map(fn: Callable[[Tensor], Any], tree: T) -> T:
         }
         return dataclasses.replace(tree, **changes)
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(tree_map(fn, leaf) for leaf in tree))  # type: ignore[return-value]
+        return type(tree)(*(tree_map(fn, leaf) for leaf in tree))
     if isinstance(tree, (tuple, list)):
-        return type(tree)(tree_map(fn, leaf) for leaf in tree)  # type: ignore[return-value]
+        return type(tree)(tree_map(fn, leaf) for leaf in tree)
     if isinstance(tree, dict):
         return {key: tree_map(fn, value) for key, value in tree.items()}  # type: ignore[return-value]
     return tree
@@ -71,9 +71,9 @@ def tree_cat(trees: Sequence[T]) -> T:
         }
         return dataclasses.replace(first, **changes)
     if isinstance(first, tuple) and hasattr(first, "_fields"):
-        return type(first)(*(tree_cat(list(leaves)) for leaves in zip(*trees)))  # type: ignore[arg-type,return-value]
+        return type(first)(*(tree_cat(list(leaves)) for leaves in zip(*trees, strict=True)))
     if isinstance(first, (tuple, list)):
-        return type(first)(tree_cat(list(leaves)) for leaves in zip(*trees))  # type: ignore[arg-type,return-value]
+        return type(first)(tree_cat(list(leaves)) for leaves in zip(*trees, strict=True))
     if isinstance(first, dict):
         return {key: tree_cat([tree[key] for tree in trees]) for key in first}  # type: ignore[index,return-value]
     if any(tree != first for tree in trees[1:]):

@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -158,9 +159,18 @@ def collate(items: list[B]) -> B:
     return _cat(list(items))
 
 
+def _rigid_inverse(c2w: np.ndarray) -> np.ndarray:
+    """Exact inverse of a rigid ``(4, 4)`` transform (no LAPACK call in the data workers)."""
+    inv = np.eye(4)
+    inv[:3, :3] = c2w[:3, :3].T
+    inv[:3, 3] = -c2w[:3, :3].T @ c2w[:3, 3]
+    return inv
+
+
 def make_view_batch(
-    views: dict[str, tuple[Tensor, Tensor, Tensor, list[int]]],
+    views: dict[str, list[tuple[Tensor, np.ndarray, np.ndarray, int]]],
     *,
+    image_size_hw: tuple[int, int],
     near: float,
     far: float,
     index: int,
@@ -168,30 +178,43 @@ def make_view_batch(
     """Builds a ``B = 1`` :class:`ViewBatch` from absolute cameras, re-expressed relative to context 0.
 
     Args:
-        views: ``"context"``, ``"target"``, ``"novel"`` -> ``(images (N, 3, H, W) in [-1, 1],
-            c2w (N, 4, 4) absolute float64, intrinsics (N, 3, 3) normalised, frame positions)``.
-            ``"novel"`` may have ``N = 0``.
+        views: ``"context"``, ``"target"``, ``"novel"`` -> list of views, each ``(image (3, H, W) in
+            [-1, 1], c2w (4, 4) absolute rigid, intrinsics (3, 3) normalised, frame position)``.
+            ``"context"`` must be non-empty; the others may be empty.
+        image_size_hw: ``(H, W)`` of the images (shapes empty view sets).
         near, far: planes in scene units.
         index: dataset index.
     """
-    world_from_context = views["context"][1][0].to(torch.float64)
-    inv = torch.linalg.inv(world_from_context)
+    world_from_context = np.asarray(views["context"][0][1], dtype=np.float64)
+    context_from_world = _rigid_inverse(world_from_context)
+    h, w = image_size_hw
 
-    def build(images: Tensor, c2w: Tensor, K: Tensor, frames: list[int]) -> Views:
-        n = images.shape[0]
-        rel = inv @ c2w.to(torch.float64) if n else c2w.to(torch.float64)
+    def build(items: list[tuple[Tensor, np.ndarray, np.ndarray, int]]) -> Views:
+        n = len(items)
+        if n == 0:
+            return Views(
+                images=torch.zeros(1, 0, 3, h, w),
+                c2w=torch.zeros(1, 0, 4, 4),
+                intrinsics=torch.zeros(1, 0, 3, 3),
+                frame_index=torch.zeros(1, 0, dtype=torch.int64),
+            )
+        rel = np.stack(
+            [context_from_world @ np.asarray(c2w, dtype=np.float64) for _, c2w, _, _ in items]
+        )
         return Views(
-            images=images.float().unsqueeze(0),
-            c2w=rel.float().reshape(1, n, 4, 4),
-            intrinsics=K.float().reshape(1, n, 3, 3),
-            frame_index=torch.tensor([frames], dtype=torch.int64).reshape(1, n),
+            images=torch.stack([im for im, _, _, _ in items]).float().unsqueeze(0),
+            c2w=torch.from_numpy(rel.astype(np.float32)).unsqueeze(0),
+            intrinsics=torch.from_numpy(
+                np.stack([K for _, _, K, _ in items]).astype(np.float32)
+            ).unsqueeze(0),
+            frame_index=torch.tensor([[f for _, _, _, f in items]], dtype=torch.int64),
         )
 
     return ViewBatch(
-        context=build(*views["context"]),
-        target=build(*views["target"]),
-        novel=build(*views["novel"]),
-        world_from_context=world_from_context.float().unsqueeze(0),
+        context=build(views["context"]),
+        target=build(views["target"]),
+        novel=build(views["novel"]),
+        world_from_context=torch.from_numpy(world_from_context.astype(np.float32)).unsqueeze(0),
         near=torch.tensor([near], dtype=torch.float32),
         far=torch.tensor([far], dtype=torch.float32),
         index=torch.tensor([index], dtype=torch.int64),

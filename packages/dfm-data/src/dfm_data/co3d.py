@@ -524,19 +524,9 @@ class CO3DDataset(Dataset):
             factor /= float(rng.uniform(1.0 - r, 1.0 + r))
         views = {}
         for key, idx in (("context", ctx), ("target", tgt), ("novel", nov)):
-            loaded = [self._view(frames[i], factor) for i in idx]
-            s = cfg.image_size
-            views[key] = (
-                torch.stack([v[0] for v in loaded]) if loaded else torch.zeros(0, 3, s, s),
-                torch.from_numpy(np.stack([v[1] for v in loaded]))
-                if loaded
-                else torch.zeros(0, 4, 4, dtype=torch.float64),
-                torch.from_numpy(np.stack([v[2] for v in loaded]))
-                if loaded
-                else torch.zeros(0, 3, 3, dtype=torch.float64),
-                [frames[i].frame_number for i in idx],
-            )
-        return make_view_batch(views, near=cfg.near, far=cfg.far, index=index)
+            views[key] = [(*self._view(frames[i], factor), frames[i].frame_number) for i in idx]
+        s = cfg.image_size
+        return make_view_batch(views, image_size_hw=(s, s), near=cfg.near, far=cfg.far, index=index)
 
     def __getitem__(self, index: int) -> ViewBatch:
         """Item ``index`` (deterministic given seed, epoch and index).

@@ -441,14 +441,14 @@ class RealEstate10kDataset(Dataset):
             raw, source=str(chunk_path), expected_hw=size, field=f"[{ci}].images[{i}]"
         )
 
-    def _view(self, f: _Frame) -> tuple[torch.Tensor, np.ndarray]:
+    def _view(self, f: _Frame) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         rgb = self._image(f)
         h, w = rgb.shape[:2]
         top, left, side = centre_square_crop(h, w)
         image = to_model_image(
             rgb[top : top + side, left : left + side], (self.config.image_size,) * 2
         )
-        return image, crop_intrinsics(f.K, (h, w), (top, left, side, side))
+        return image, f.c2w, crop_intrinsics(f.K, (h, w), (top, left, side, side))
 
     def _item(self, index: int) -> ViewBatch:
         cfg = self.config
@@ -457,19 +457,9 @@ class RealEstate10kDataset(Dataset):
         chosen = sample_view_indices(len(frames), cfg.sampling, rng)
         views = {}
         for key, idx in zip(("context", "target", "novel"), chosen, strict=True):
-            loaded = [self._view(frames[i]) for i in idx]
-            s = cfg.image_size
-            views[key] = (
-                torch.stack([v[0] for v in loaded]) if loaded else torch.zeros(0, 3, s, s),
-                torch.from_numpy(np.stack([frames[i].c2w for i in idx]))
-                if idx
-                else torch.zeros(0, 4, 4, dtype=torch.float64),
-                torch.from_numpy(np.stack([v[1] for v in loaded]))
-                if loaded
-                else torch.zeros(0, 3, 3, dtype=torch.float64),
-                list(idx),
-            )
-        return make_view_batch(views, near=cfg.near, far=cfg.far, index=index)
+            views[key] = [(*self._view(frames[i]), i) for i in idx]
+        s = cfg.image_size
+        return make_view_batch(views, image_size_hw=(s, s), near=cfg.near, far=cfg.far, index=index)
 
     def __getitem__(self, index: int) -> ViewBatch:
         """Item ``index`` (deterministic given seed, epoch and index); see ``on_error``."""

@@ -1,0 +1,99 @@
+"""A self-contained ``report.html``: images embedded as base64, no external assets."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dfm_apps import plots
+
+__all__ = ["format_scores", "render_report"]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 12px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }
+.note { color: #555; }
+"""
+
+_ROWS = (
+    ("DFM", "dfm", "dfm_ratio"),
+    ("regression baseline", "baseline", "baseline_ratio"),
+    ("noise floor (exact vs exact)", "noise_floor", None),
+)
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}x"
+
+
+def format_scores(scores: Mapping[str, float]) -> str:
+    """The score table as fixed-width text (printed by the CLI)."""
+    lines = [f"{'':<30}{'energy distance':>17}{'/ noise floor':>15}"]
+    for label, key, ratio in _ROWS:
+        shown = _ratio(scores[ratio]) if ratio else "1.0x"
+        lines.append(f"{label:<30}{scores[key]:>17.4g}{shown:>15}")
+    return "\n".join(lines)
+
+
+def _image(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def render_report(
+    *,
+    title: str,
+    summary: str,
+    scores: Mapping[str, float],
+    images: Mapping[str, Path],
+    config_yaml: str,
+    metrics: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> str:
+    """The report's HTML.
+
+    Args:
+        title: page heading.
+        summary: one paragraph saying what was run and how it is scored.
+        scores: ``dfm``, ``baseline``, ``noise_floor``, ``dfm_ratio``, ``baseline_ratio``.
+        images: caption -> PNG file, embedded in order.
+        config_yaml: the resolved config.
+        metrics: run name -> ``metrics.jsonl`` records, drawn as loss curves.
+    """
+    rows = []
+    for label, key, ratio in _ROWS:
+        shown = _ratio(scores[ratio]) if ratio else "1.0x"
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{scores[key]:.4g}</td><td>{shown}</td></tr>")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(summary)}</p>",
+        "<h2>Scores</h2>",
+        "<table><tr><th>samples</th><th>energy distance</th><th>/ noise floor</th></tr>",
+        *rows,
+        "</table>",
+        '<p class="note">A perfect sampler scores about 1x the noise floor; the baseline '
+        "returns one answer per context, so it cannot match a multi-modal posterior.</p>",
+    ]
+    for name, path in images.items():
+        parts += [f"<h2>{html.escape(name)}</h2>", _image(Path(path).read_bytes(), name)]
+    if metrics and any(metrics.values()):
+        parts += ["<h2>training loss</h2>", _image(plots.plot_losses(metrics), "training loss")]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts += [
+        "<h2>config</h2>",
+        f"<pre>{html.escape(config_yaml)}</pre>",
+        f'<p class="note">written {stamp}</p>',
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
