@@ -5,6 +5,13 @@ built-in projection problem with an exact posterior. Nothing here is specific to
 application: those plug in a forward model, a signal predictor and their batches.
 """
 
+from dfm_core.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_train_state,
+    load_weights,
+    save_checkpoint,
+)
 from dfm_core.diffusion import (
     Condition,
     Context,
@@ -52,6 +59,7 @@ from dfm_core.schedules import (
     x0_from_eps,
     x0_from_v,
 )
+from dfm_core.trainer import NonFiniteLossError, OptimizerConfig, Trainer, TrainerConfig
 from dfm_core.tree import tree_cat, tree_index, tree_map, tree_to
 
 __version__ = "0.1.0"
@@ -60,6 +68,7 @@ __all__ = [
     "DIT_PRESETS",
     "SAMPLERS",
     "SCHEDULES",
+    "CheckpointError",
     "Condition",
     "Context",
     "DFMBatch",
@@ -70,11 +79,15 @@ __all__ = [
     "ForwardDiffusion",
     "ForwardModel",
     "NoiseSchedule",
+    "NonFiniteLossError",
+    "OptimizerConfig",
     "Regularizer",
     "SampleOutput",
     "ScheduleConfig",
     "SignalPredictor",
     "StepInfo",
+    "Trainer",
+    "TrainerConfig",
     "__version__",
     "classifier_free_guidance",
     "ddim_timesteps",
@@ -85,11 +98,15 @@ __all__ = [
     "eps_from_v",
     "eps_from_x0",
     "karras_sigmas",
+    "latest_checkpoint",
+    "load_train_state",
+    "load_weights",
     "reconstruction_guidance",
     "sample",
     "sample_ddim",
     "sample_ddpm",
     "sample_edm",
+    "save_checkpoint",
     "schedule_cosine",
     "schedule_linear",
     "schedule_sigmoid",

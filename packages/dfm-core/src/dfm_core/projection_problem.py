@@ -576,7 +576,7 @@ def score_samples(samples: dict[str, Tensor]) -> PosteriorScores:
 class ProjectionFitConfig:
     """How to fit DFM and the deterministic baseline to a ``ProjectionProblem``."""
 
-    steps: int = 12_000
+    steps: int = 20_000
     """Optimiser steps for the DFM model."""
     baseline_steps: int = 3_000
     """Optimiser steps for the regression baseline (it converges much faster)."""
