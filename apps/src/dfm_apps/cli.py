@@ -23,17 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dfm_apps import __version__
-from dfm_apps.config import (
-    PRESETS,
-    ConfigError,
-    frozen_differences,
-    load_run_config,
-    merge_overrides,
-    preset_names,
-    to_container,
-    to_yaml,
-    validate,
-)
+from dfm_apps.presets import preset_names, preset_summary
 
 __all__ = ["build_parser", "main"]
 
@@ -60,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
 
-    train = sub.add_parser("train", help="train a preset", description=f"Train a preset ({presets}).")
+    train = sub.add_parser(
+        "train", help="train a preset", description=f"Train a preset ({presets})."
+    )
     train.add_argument("preset", help=f"one of: {presets}")
-    train.add_argument("--run-dir", type=Path, help="run directory (default: runs/<preset>-<timestamp>)")
+    train.add_argument(
+        "--run-dir", type=Path, help="run directory (default: runs/<preset>-<timestamp>)"
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
@@ -74,10 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         "and scores.json for fresh held-out contexts into RUN_DIR/samples/seed-<seed>/.",
     )
     sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    sample.add_argument("--seed", type=int, help="seed of contexts and samples (default: random, printed)")
-    sample.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/samples/seed-<seed>)")
     sample.add_argument(
-        "overrides", nargs="*", metavar="evaluation.KEY=VALUE", help="evaluation overrides, e.g. evaluation.steps=20"
+        "--seed", type=int, help="seed of contexts and samples (default: random, printed)"
+    )
+    sample.add_argument(
+        "--out", type=Path, help="output folder (default: RUN_DIR/samples/seed-<seed>)"
+    )
+    sample.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="evaluation.KEY=VALUE",
+        help="evaluation overrides, e.g. evaluation.steps=20",
     )
 
     launch = sub.add_parser(
@@ -88,19 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("preset", help=f"one of: {presets}")
     launch.add_argument("--slurm-partition", dest="partition", help="SLURM partition")
-    launch.add_argument("--gpus", type=int, default=1, help="GPUs per node, one task each (default 1)")
+    launch.add_argument(
+        "--gpus", type=int, default=1, help="GPUs per node, one task each (default 1)"
+    )
     launch.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
-    launch.add_argument("--time", type=int, default=60, dest="time_min", help="time limit in minutes (default 60)")
+    launch.add_argument(
+        "--time", type=int, default=60, dest="time_min", help="time limit in minutes (default 60)"
+    )
     launch.add_argument("--cpus-per-task", type=int, help="CPU cores per task")
-    launch.add_argument("--run-dir", type=Path, help="run directory (default: runs/<preset>-<timestamp>)")
+    launch.add_argument(
+        "--run-dir", type=Path, help="run directory (default: runs/<preset>-<timestamp>)"
+    )
     launch.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    launch.add_argument("--local", action="store_true", help="run here with submitit's local executor")
+    launch.add_argument(
+        "--local", action="store_true", help="run here with submitit's local executor"
+    )
     launch.add_argument("--cluster", choices=("slurm", "local", "debug"), help=argparse.SUPPRESS)
-    launch.add_argument("--wait", action="store_true", help="wait for a SLURM job and print its scores")
-    launch.add_argument("--dry-run", action="store_true", help="print config and job parameters, submit nothing")
+    launch.add_argument(
+        "--wait", action="store_true", help="wait for a SLURM job and print its scores"
+    )
+    launch.add_argument(
+        "--dry-run", action="store_true", help="print config and job parameters, submit nothing"
+    )
     launch.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
 
-    sub.add_parser("data", help="dataset tools (forwards to dfm-data: synth, validate)", add_help=False)
+    sub.add_parser(
+        "data", help="dataset tools (forwards to dfm-data: synth, validate)", add_help=False
+    )
     sub.add_parser("presets", help="list the presets")
     return parser
 
@@ -115,23 +130,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "data":
         return _data(args_list[1:])
-    args = build_parser().parse_args(args_list)
-    # Imported here: `dfm --help` and `dfm data` should not pay for torch.
+    parser = build_parser()
+    # parse_known_args + collecting KEY=VALUE leftovers lets overrides sit anywhere, even
+    # between options after a positional (argparse alone matches `nargs="*"` only once).
+    args, extra = parser.parse_known_args(args_list)
+    stray = [
+        arg
+        for arg in extra
+        if arg.startswith("-") or "=" not in arg or not hasattr(args, "overrides")
+    ]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    if args.command == "presets":
+        for name in preset_names():
+            print(f"{name:<16} {preset_summary(name)}")
+        return 0
+    # Imported here, not at the top: `dfm --help`, `dfm presets` and `dfm data` do not
+    # need torch and the core, which take seconds to import.
+    from dfm_apps.config import ConfigError
     from dfm_apps.runs import RunError
 
     try:
         if args.command == "demo":
             return _train("demo", args.overrides, args.run_dir, resume=True, dry_run=args.dry_run)
         if args.command == "train":
-            return _train(args.preset, args.overrides, args.run_dir, resume=args.resume, dry_run=args.dry_run)
+            return _train(
+                args.preset, args.overrides, args.run_dir, resume=args.resume, dry_run=args.dry_run
+            )
         if args.command == "sample":
             return _sample(args)
         if args.command == "launch":
             return _launch(args)
-        if args.command == "presets":
-            for name in preset_names():
-                print(f"{name:<16} {PRESETS[name].summary}")
-            return 0
     except (ConfigError, RunError) as error:
         return _error(str(error))
     raise AssertionError(f"unhandled command {args.command!r}")
@@ -143,7 +174,9 @@ def _data(argv: Sequence[str]) -> int:
     except ModuleNotFoundError as error:
         if error.name not in ("dfm_data", "dfm_data.cli"):
             raise
-        return _error("`dfm data` needs the dfm-data package, which is not installed (pip install dfm-data)")
+        return _error(
+            "`dfm data` needs the dfm-data package, which is not installed (pip install dfm-data)"
+        )
     status = data_cli.main(list(argv))
     return int(status or 0)
 
@@ -158,7 +191,10 @@ def _run_dir(preset: str, run_dir: Path | None, *, resume: bool) -> Path:
     return run_dir
 
 
-def _train(preset: str, overrides: Sequence[str], run_dir: Path | None, *, resume: bool, dry_run: bool) -> int:
+def _train(
+    preset: str, overrides: Sequence[str], run_dir: Path | None, *, resume: bool, dry_run: bool
+) -> int:
+    from dfm_apps.config import to_yaml
     from dfm_apps.runs import execute, format_summary, resolve_config
 
     chosen = _run_dir(preset, run_dir, resume=resume)
@@ -175,8 +211,17 @@ def _train(preset: str, overrides: Sequence[str], run_dir: Path | None, *, resum
 
 def _sample(args: argparse.Namespace) -> int:
     from dfm_apps import projection
-    from dfm_apps.runs import CONFIG_FILE, RunError
+    from dfm_apps.config import (
+        ConfigError,
+        frozen_differences,
+        load_run_config,
+        merge_overrides,
+        to_yaml,
+        validate,
+    )
     from dfm_apps.report import format_scores
+    from dfm_apps.runs import CONFIG_FILE, RunError
+    from dfm_core.checkpoint import CheckpointError
 
     run_dir: Path = args.run_dir
     if not (run_dir / CONFIG_FILE).is_file():
@@ -186,15 +231,23 @@ def _sample(args: argparse.Namespace) -> int:
     config = merge_overrides(stored, [*args.overrides, f"evaluation.seed={seed}"])
     changed = frozen_differences(stored, config, [k for k in stored if k != "evaluation"])
     if changed:
-        raise ConfigError(f"dfm sample: only evaluation.* keys may be overridden, got {', '.join(changed)}")
+        raise ConfigError(
+            f"dfm sample: only evaluation.* keys may be overridden, got {', '.join(changed)}"
+        )
     settings = validate(config)
     out = args.out if args.out is not None else run_dir / "samples" / f"seed-{seed}"
     try:
         trained = projection.load_models(settings, run_dir)
-    except projection.CheckpointError as error:
-        raise RunError(f"{error} (train it first: dfm train {settings.name} --run-dir {run_dir})") from error
-    evaluation = projection.evaluate(settings, trained, out, run_dir=run_dir, config_yaml=to_yaml(config))
-    print(f"{settings.name}: DFM step {trained.dfm_step}, baseline step {trained.baseline_step}, seed {seed}")
+    except CheckpointError as error:
+        raise RunError(
+            f"{error} (train it first: dfm train {settings.name} --run-dir {run_dir})"
+        ) from error
+    evaluation = projection.evaluate(
+        settings, trained, out, run_dir=run_dir, config_yaml=to_yaml(config)
+    )
+    print(
+        f"{settings.name}: DFM step {trained.dfm_step}, baseline step {trained.baseline_step}, seed {seed}"
+    )
     print(format_scores(evaluation.scores_dict()))
     for label, path in evaluation.files.items():
         print(f"  {label:<10} {path}")
@@ -202,8 +255,9 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from dfm_apps.launch import LaunchOptions, describe, submit
-    from dfm_apps.runs import resolve_config
+    from dfm_apps.config import to_container, to_yaml
+    from dfm_apps.launch import LaunchError, LaunchOptions, describe, submit
+    from dfm_apps.runs import format_summary, resolve_config
 
     cluster = args.cluster or ("local" if args.local else "slurm")
     try:
@@ -226,17 +280,17 @@ def _launch(args: argparse.Namespace) -> int:
         return 0
     try:
         job = submit(to_container(config), run_dir, options)
-    except FileNotFoundError as error:  # no sbatch on this machine
-        return _error(f"cannot submit to SLURM ({error}); on a machine without SLURM use --local")
-    print(f"dfm: submitted job {job.job_id} ({cluster}, {options.nodes} node(s) x {options.tasks_per_node} task(s))")
+    except LaunchError as error:
+        return _error(str(error))
+    print(
+        f"dfm: submitted job {job.job_id} ({cluster}, {options.nodes} node(s) x {options.tasks_per_node} task(s))"
+    )
     print(f"  run directory: {run_dir}")
     print(f"  logs:          {job.paths.stdout.parent}")
     if cluster == "slurm" and not args.wait:
         return 0
-    result = job.result()
+    result = next((r for r in job.results() if r is not None), None)  # rank 0's
     if result is not None:
-        from dfm_apps.runs import format_summary
-
         print(format_summary(result, name=args.preset))
     return 0
 

@@ -13,33 +13,36 @@ schema, ``ProjectionConfig``: a preset is a set of values, not a new set of fiel
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dfm_core.projection_problem import ProjectionProblem
-from dfm_core.schedules import ScheduleConfig
-from dfm_core.trainer import OptimizerConfig, TrainerConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from dfm_apps.presets import preset_text
+from dfm_core.projection_problem import ProjectionProblem
+from dfm_core.schedules import ScheduleConfig
+from dfm_core.trainer import OptimizerConfig, TrainerConfig
+
 __all__ = [
-    "PRESETS",
+    "PROJECTION_FROZEN",
+    "SCHEMAS",
     "ConfigError",
     "DataConfig",
     "EvaluationConfig",
     "ModelConfig",
-    "Preset",
     "ProblemConfig",
     "ProjectionConfig",
+    "config_from_container",
+    "frozen_differences",
     "load_preset",
     "load_run_config",
     "merge_overrides",
-    "preset_names",
+    "to_container",
     "to_yaml",
+    "validate",
 ]
 
 
@@ -185,43 +188,8 @@ PROJECTION_FROZEN = ("app", "problem", "model", "schedule")
 
 # ----------------------------------------------------------------------------- presets
 
-
-@dataclass(frozen=True)
-class Preset:
-    """A named YAML file over a schema."""
-
-    name: str
-    schema: type
-    summary: str
-
-    @property
-    def filename(self) -> str:
-        return f"{self.name}.yaml"
-
-    def text(self) -> str:
-        """The YAML file's text, read from the installed package."""
-        return resources.files("dfm_apps").joinpath("configs", self.filename).read_text()
-
-
-PRESETS: dict[str, Preset] = {
-    preset.name: preset
-    for preset in (
-        Preset("demo", ProjectionConfig, "DFM on the 2-D projection problem (d=2, k=1), CPU minutes"),
-        Preset("projection-6d", ProjectionConfig, "DFM on the 6-D projection problem (d=6, k=3)"),
-    )
-}
-
-_SCHEMAS: dict[str, type] = {"projection": ProjectionConfig}
-
-
-def preset_names() -> list[str]:
-    return sorted(PRESETS)
-
-
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
-    return PRESETS[name]
+SCHEMAS: dict[str, type] = {"projection": ProjectionConfig}
+"""Application name (a config's ``app`` key) -> its structured config."""
 
 
 def _describe(error: OmegaConfBaseException) -> str:
@@ -248,11 +216,15 @@ def merge_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
     for override in overrides:
         key, sep, _ = override.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. trainer.max_steps=100")
+            raise ConfigError(
+                f"override {override!r}: expected KEY=VALUE, e.g. trainer.max_steps=100"
+            )
         try:
             config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))  # type: ignore[assignment]
         except ConfigKeyError as error:
-            raise ConfigError(f"override {override!r}: {_unknown_key(config, key.strip())}") from error
+            raise ConfigError(
+                f"override {override!r}: {_unknown_key(config, key.strip())}"
+            ) from error
         except OmegaConfBaseException as error:
             raise ConfigError(f"override {override!r}: {_describe(error)}") from error
     return config
@@ -270,25 +242,21 @@ def _unknown_key(config: DictConfig, key: str) -> str:
     return f"unknown key {key!r}"
 
 
-def _structured(schema: type) -> DictConfig:
-    return OmegaConf.structured(schema)
-
-
 def load_preset(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """The resolved config of preset ``name`` with ``overrides`` applied, validated.
 
     Raises:
         ConfigError: unknown preset (the message lists the valid ones), or a bad override.
     """
-    preset = get_preset(name)
     try:
-        data = OmegaConf.create(preset.text())
+        text = preset_text(name)
+    except KeyError as error:
+        raise ConfigError(error.args[0]) from error
+    try:
+        data = OmegaConf.create(text)
     except OmegaConfBaseException as error:  # a broken shipped file: a bug, say where
-        raise ConfigError(f"preset file {preset.filename}: {_describe(error)}") from error
-    config = _merge(_structured(preset.schema), data, where=f"preset file {preset.filename}")
-    config = merge_overrides(config, overrides)
-    validate(config)
-    return config
+        raise ConfigError(f"preset file {name}.yaml: {_describe(error)}") from error
+    return config_from_container(data, overrides, where=f"preset file {name}.yaml")
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -306,9 +274,9 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConf
 def config_from_container(data: Any, overrides: Sequence[str] = (), *, where: str) -> DictConfig:
     """Lay a plain (or OmegaConf) mapping over the schema its ``app`` key names."""
     app = data.get("app", "projection") if hasattr(data, "get") else None
-    if app not in _SCHEMAS:
-        raise ConfigError(f"{where}: app: unknown application {app!r}; known: {sorted(_SCHEMAS)}")
-    config = _merge(_structured(_SCHEMAS[app]), data, where=where)
+    if app not in SCHEMAS:
+        raise ConfigError(f"{where}: app: unknown application {app!r}; known: {sorted(SCHEMAS)}")
+    config = _merge(OmegaConf.structured(SCHEMAS[app]), data, where=where)
     config = merge_overrides(config, overrides)
     validate(config)
     return config
@@ -352,7 +320,3 @@ def frozen_differences(old: DictConfig, new: DictConfig, sections: Sequence[str]
     for section in sections:
         walk(plain_old.get(section), plain_new.get(section), section)
     return differences
-
-
-def asdict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)

@@ -30,7 +30,15 @@ from submitit.helpers import DelayedSubmission
 
 from dfm_apps.runs import execute
 
-__all__ = ["LaunchOptions", "TrainJob", "distributed_env", "make_executor", "master_port", "submit"]
+__all__ = [
+    "LaunchError",
+    "LaunchOptions",
+    "TrainJob",
+    "distributed_env",
+    "make_executor",
+    "master_port",
+    "submit",
+]
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -143,15 +151,32 @@ class LaunchOptions:
         return {key: value for key, value in params.items() if value is not None}
 
 
+class LaunchError(RuntimeError):
+    """The job cannot be submitted (e.g. no SLURM on this machine)."""
+
+
 def make_executor(options: LaunchOptions, folder: str | Path) -> submitit.AutoExecutor:
-    """An executor for ``options``; job logs and pickles go to ``folder``."""
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
+    """An executor for ``options``; job logs and pickles go to ``folder``.
+
+    Raises:
+        LaunchError: SLURM was asked for on a machine without it.
+    """
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
+    except RuntimeError as error:  # submitit's SlurmExecutor without srun on PATH
+        raise LaunchError(
+            f"cannot submit to SLURM from here ({error}); use --local to run on this machine"
+        ) from error
     executor.update_parameters(**options.parameters())
     return executor
 
 
 def submit(
-    config: Mapping[str, Any], run_dir: str | Path, options: LaunchOptions, *, folder: str | Path | None = None
+    config: Mapping[str, Any],
+    run_dir: str | Path,
+    options: LaunchOptions,
+    *,
+    folder: str | Path | None = None,
 ) -> submitit.Job:
     """Submit ``runs.execute(config, run_dir)`` as one job of ``nodes x gpus`` tasks.
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dfm_core.metrics import energy_distance
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from dfm_core.metrics import energy_distance
 
 __all__ = ["plot_losses", "plot_samples", "plot_trajectory"]
 
@@ -62,7 +63,15 @@ def _context_line(ax: Any, obs: Tensor, params: Tensor, limit: float) -> None:
     foot = phi * obs[0] / params[0].norm()
     direction = torch.stack([-phi[1], phi[0]])
     ends = torch.stack([foot - 3 * limit * direction, foot + 3 * limit * direction])
-    ax.plot(ends[:, 0], ends[:, 1], color="0.35", lw=0.9, ls="--", zorder=1, label="context: $\\phi S = O$")
+    ax.plot(
+        ends[:, 0],
+        ends[:, 1],
+        color="0.35",
+        lw=0.9,
+        ls="--",
+        zorder=1,
+        label="context: $\\phi S = O$",
+    )
 
 
 def _limit(points: Sequence[Tensor]) -> float:
@@ -121,8 +130,12 @@ def plot_samples(
         if dim == 2 and prior is not None:
             ax.scatter(prior[:, 0], prior[:, 1], zorder=0, label="prior", **_PRIOR)
         if dim == 2 and samples["context_obs"].shape[-1] == 1:
-            _context_line(ax, samples["context_obs"][i], samples["context_params"][i], shared_limit or 3.0)
-        ax.scatter(drawn_exact[:, 0], drawn_exact[:, 1], zorder=2, label="exact posterior", **_EXACT)
+            _context_line(
+                ax, samples["context_obs"][i], samples["context_params"][i], shared_limit or 3.0
+            )
+        ax.scatter(
+            drawn_exact[:, 0], drawn_exact[:, 1], zorder=2, label="exact posterior", **_EXACT
+        )
         parts = []
         if "dfm" in samples:
             drawn = view(samples["dfm"][i])
@@ -146,7 +159,15 @@ def plot_samples(
     for ax in axes[num:]:
         ax.set_axis_off()
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False, markerscale=1.5)
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=len(labels),
+        fontsize=8,
+        frameon=False,
+        markerscale=1.5,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -199,7 +220,9 @@ def plot_trajectory(
     return _save(fig, path)
 
 
-def plot_losses(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: Path | None = None) -> bytes:
+def plot_losses(
+    metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: Path | None = None
+) -> bytes:
     """Training loss curves, one line per run (``metrics.jsonl`` records)."""
     fig = Figure(figsize=(6.0, 3.0))
     ax = fig.subplots()

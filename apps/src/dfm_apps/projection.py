@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+
+from dfm_apps import plots, report
+from dfm_apps.config import EvaluationConfig, ProjectionConfig
 from dfm_core.checkpoint import CheckpointError, list_checkpoints, load_weights
 from dfm_core.diffusion import Context, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
@@ -44,10 +48,6 @@ from dfm_core.projection_problem import (
 )
 from dfm_core.sampling import StepInfo, sample
 from dfm_core.trainer import Trainer
-from torch import Tensor
-
-from dfm_apps import plots, report
-from dfm_apps.config import EvaluationConfig, ProjectionConfig
 
 __all__ = [
     "Evaluation",
@@ -87,7 +87,10 @@ def build_baseline(config: ProjectionConfig) -> RegressionBaseline:
     """The deterministic regression baseline (same width and depth as the DFM predictor)."""
     problem = config.problem
     return RegressionBaseline(
-        problem.signal_dim, problem.observation_dim, hidden=config.model.hidden, depth=config.model.depth
+        problem.signal_dim,
+        problem.observation_dim,
+        hidden=config.model.hidden,
+        depth=config.model.depth,
     )
 
 
@@ -120,7 +123,9 @@ def train(config: ProjectionConfig, run_dir: Path, *, run_config: dict[str, Any]
     """
     set_threads(config)
     problem = config.problem.build()
-    dataset = ProjectionDataset(problem, config.data.batch_size, config.data.length, config.data.seed)
+    dataset = ProjectionDataset(
+        problem, config.data.batch_size, config.data.length, config.data.seed
+    )
 
     dfm = Trainer(
         build_diffusion(config),
@@ -214,7 +219,9 @@ def denoising_trajectory(
         denoiser = diffusion.denoiser(condition)
     else:
         null = diffusion.condition(context, target_params, drop=True)
-        denoiser = classifier_free_guidance(diffusion.denoise, condition, null, evaluation.guidance_scale)
+        denoiser = classifier_free_guidance(
+            diffusion.denoise, condition, null, evaluation.guidance_scale
+        )
     steps: list[tuple[float, Tensor]] = []
 
     def record(info: StepInfo) -> None:

@@ -71,7 +71,9 @@ def render_report(
     rows = []
     for label, key, ratio in _ROWS:
         shown = _ratio(scores[ratio]) if ratio else "1.0x"
-        rows.append(f"<tr><td>{html.escape(label)}</td><td>{scores[key]:.4g}</td><td>{shown}</td></tr>")
+        rows.append(
+            f"<tr><td>{html.escape(label)}</td><td>{scores[key]:.4g}</td><td>{shown}</td></tr>"
+        )
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dfm_core.checkpoint import list_checkpoints
 from omegaconf import DictConfig
 
 from dfm_apps import projection, report
@@ -31,6 +30,7 @@ from dfm_apps.config import (
     to_yaml,
     validate,
 )
+from dfm_core.checkpoint import list_checkpoints
 
 __all__ = [
     "CONFIG_FILE",
@@ -127,7 +127,9 @@ def execute(config: Mapping[str, Any] | DictConfig, run_dir: str | Path) -> dict
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    structured = config if isinstance(config, DictConfig) else config_from_container(config, where="config")
+    structured = (
+        config if isinstance(config, DictConfig) else config_from_container(config, where="config")
+    )
     settings = validate(structured)
     plain = to_container(structured)
     yaml_text = to_yaml(structured)
@@ -163,5 +165,7 @@ def format_summary(result: Mapping[str, Any], *, name: str) -> str:
     ]
     for label, path in result["files"].items():
         lines.append(f"  {label:<10} {path}")
-    lines.append(f"  {'weights':<10} {run_dir / 'checkpoints'} (baseline: {run_dir / projection.BASELINE_DIR})")
+    lines.append(
+        f"  {'weights':<10} {run_dir / 'checkpoints'} (baseline: {run_dir / projection.BASELINE_DIR})"
+    )
     return "\n".join(lines)

@@ -58,7 +58,14 @@ def _frames_in(batch) -> int:
 
 def _time(name, dataset, items, workers) -> tuple[str, float, int]:
     """Frames/s over ``items`` items after one warm-up batch (worker start-up is not timed)."""
-    loader = make_dataloader(dataset, batch_size=8, num_workers=workers, shuffle=True, seed=0)
+    loader = make_dataloader(
+        dataset,
+        batch_size=8,
+        num_workers=workers,
+        shuffle=True,
+        seed=0,
+        persistent_workers=workers > 0,
+    )
     frames, done, start = 0, 0, None
     while done < items:
         for batch in loader:

@@ -16,6 +16,7 @@ so ``DataLoader(ds, collate_fn=collate)`` yields the same types with a larger ``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +24,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FrameBatch", "MaskedPatchBatch", "ViewBatch", "Views", "collate", "make_view_batch"]
+from dfm_data.errors import DatasetError, EmptySubsetError, OnError, SkipCounter
+
+__all__ = [
+    "FrameBatch",
+    "MaskedPatchBatch",
+    "ViewBatch",
+    "Views",
+    "collate",
+    "load_item",
+    "make_view_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -219,3 +230,36 @@ def make_view_batch(
         far=torch.tensor([far], dtype=torch.float32),
         index=torch.tensor([index], dtype=torch.int64),
     )
+
+
+def load_item(
+    index: int,
+    length: int,
+    load: Callable[[int], B],
+    *,
+    on_error: OnError,
+    skipped: SkipCounter,
+    root: object,
+) -> B:
+    """Loads item ``index``; under ``on_error="skip"`` a bad item is counted and the next one tried.
+
+    The replacement keeps ``index`` as its dataset index, so batches stay deterministic.
+
+    Raises:
+        IndexError: ``index`` out of range.
+        DatasetError: the item's error (``on_error="raise"``), or :class:`EmptySubsetError` when
+            every item is bad.
+    """
+    if not 0 <= index < length:
+        raise IndexError(index)
+    for attempt in range(length):
+        i = (index + attempt) % length
+        try:
+            item = load(i)
+        except DatasetError as e:
+            skipped.handle(e, on_error)
+            continue
+        if i != index:
+            item = dataclasses.replace(item, index=torch.tensor([index], dtype=torch.int64))
+        return item
+    raise EmptySubsetError("every item has a bad file", path=str(root))

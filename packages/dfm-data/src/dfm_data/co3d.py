@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from dfm_data.batch import ViewBatch, make_view_batch
+from dfm_data.batch import ViewBatch, load_item, make_view_batch
 from dfm_data.cameras import (
     INTRINSICS_FORMATS,
     c2w_from_w2c,
@@ -533,16 +533,11 @@ class CO3DDataset(Dataset):
 
         With ``on_error="skip"`` a sequence with a bad frame is counted and the next index is tried.
         """
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
-            try:
-                batch = self._item(i)
-            except DatasetError as e:
-                self.skipped.handle(e, self.config.on_error)
-                continue
-            if i != index:
-                batch = ViewBatch(**{**batch.__dict__, "index": torch.tensor([index])})
-            return batch
-        raise EmptySubsetError("every sequence has a bad frame", path=self.root)
+        return load_item(
+            index,
+            len(self),
+            self._item,
+            on_error=self.config.on_error,
+            skipped=self.skipped,
+            root=self.root,
+        )

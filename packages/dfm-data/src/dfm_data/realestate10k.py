@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dfm_data.batch import ViewBatch, make_view_batch
+from dfm_data.batch import ViewBatch, load_item, make_view_batch
 from dfm_data.cameras import centre_square_crop, check_c2w, check_intrinsics, crop_intrinsics
 from dfm_data.errors import (
     BadAnnotationError,
@@ -463,16 +463,11 @@ class RealEstate10kDataset(Dataset):
 
     def __getitem__(self, index: int) -> ViewBatch:
         """Item ``index`` (deterministic given seed, epoch and index); see ``on_error``."""
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
-            try:
-                batch = self._item(i)
-            except DatasetError as e:
-                self._handle(e)
-                continue
-            if i != index:
-                batch = ViewBatch(**{**batch.__dict__, "index": torch.tensor([index])})
-            return batch
-        raise EmptySubsetError("every clip has a bad frame", path=self.root)
+        return load_item(
+            index,
+            len(self),
+            self._item,
+            on_error=self.config.on_error,
+            skipped=self.skipped,
+            root=self.root,
+        )

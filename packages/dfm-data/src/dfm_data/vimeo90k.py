@@ -15,10 +15,9 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
-from dfm_data.batch import FrameBatch
+from dfm_data.batch import FrameBatch, load_item
 from dfm_data.errors import (
     BadAnnotationError,
-    DatasetError,
     EmptySubsetError,
     MissingFileError,
     OnError,
@@ -170,16 +169,11 @@ class Vimeo90KDataset(Dataset):
 
     def __getitem__(self, index: int) -> FrameBatch:
         """Item ``index`` (deterministic given seed, epoch and index); see ``on_error``."""
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
-            try:
-                batch = self._item(i)
-            except DatasetError as e:
-                self.skipped.handle(e, self.config.on_error)
-                continue
-            if i != index:
-                batch = FrameBatch(**{**batch.__dict__, "index": torch.tensor([index])})
-            return batch
-        raise EmptySubsetError("every clip has a bad frame", path=self.root)
+        return load_item(
+            index,
+            len(self),
+            self._item,
+            on_error=self.config.on_error,
+            skipped=self.skipped,
+            root=self.root,
+        )
