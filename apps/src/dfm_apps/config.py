@@ -67,6 +67,9 @@ class ProblemConfig:
     """Standard deviation of the Gaussian observation noise."""
     seed: int = 0
     """Seed of the random prior (the problem's definition, not the training seed)."""
+    target_views: str = "complement"
+    """How phi^trgt is drawn given phi^ctxt: ``uniform`` (independently) or
+    ``complement`` (inside the orthogonal complement of the context; needs 2k <= d)."""
 
     def build(self) -> ProjectionProblem:
         return ProjectionProblem.build(
@@ -75,6 +78,7 @@ class ProblemConfig:
             num_components=self.num_components,
             noise_std=self.noise_std,
             seed=self.seed,
+            target_views=self.target_views,
         )
 
 
@@ -90,8 +94,12 @@ class ModelConfig:
     """``l2`` (the paper) or ``l1`` distance of rendered and true observations."""
     novel_weight: float = 1.0
     """Weight of the novel-view loss (eq. 9)."""
-    context_dropout: float = 0.1
-    """Probability of dropping a sample's context in training (for classifier-free guidance)."""
+    context_dropout: float = 0.0
+    """Probability of dropping a sample's context in training (for classifier-free
+    guidance); must be 0 with ``context_consistent``, which needs the context."""
+    context_consistent: bool = True
+    """Project the predicted signal onto the signals that reproduce the context exactly
+    (a data-consistency layer; noiseless problems only)."""
 
 
 @dataclass
@@ -175,6 +183,17 @@ class ProjectionConfig:
     are too small to gain from intra-op threads, which only oversubscribe shared CPUs."""
 
     def __post_init__(self) -> None:
+        if self.model.context_consistent and self.model.context_dropout > 0:
+            raise ValueError(
+                "model.context_consistent needs the context in every training example; "
+                f"set model.context_dropout=0 (got {self.model.context_dropout}) or "
+                "model.context_consistent=false"
+            )
+        if self.model.context_consistent and self.problem.noise_std > 0:
+            raise ValueError(
+                "model.context_consistent assumes noiseless observations; set "
+                f"model.context_consistent=false for problem.noise_std={self.problem.noise_std}"
+            )
         if self.baseline_steps < 1:
             raise ValueError(f"baseline_steps must be >= 1, got {self.baseline_steps}")
         if self.num_threads is not None and self.num_threads < 1:

@@ -43,7 +43,6 @@ from dfm_core.projection_problem import (
     SubspaceProjection,
     collate_projection,
     posterior_samples,
-    random_projections,
     score_samples,
 )
 from dfm_core.sampling import StepInfo, sample
@@ -72,6 +71,7 @@ def build_diffusion(config: ProjectionConfig) -> ForwardDiffusion:
         schedule.num_timesteps,
         hidden=config.model.hidden,
         depth=config.model.depth,
+        context_consistent=config.model.context_consistent,
     )
     return ForwardDiffusion(
         predictor,
@@ -206,14 +206,14 @@ def denoising_trajectory(
     Returns:
         ``[(t, signals (num_samples, d) float64), ...]``, one entry per sampler step.
     """
-    d, k = problem.signal_dim, problem.observation_dim
+    k = problem.observation_dim
     device = next(diffusion.parameters()).device
     generator = torch.Generator().manual_seed(evaluation.seed + 2)
     context = Context(
         observation=context_obs.float()[None].repeat(num_samples, 1).to(device),
         params=context_params.float()[None].repeat(num_samples, 1, 1).to(device),
     )
-    target_params = random_projections(num_samples, k, d, generator).to(device)
+    target_params = problem.target_params(context.params.cpu(), generator).to(device)
     condition = diffusion.condition(context, target_params)
     if evaluation.guidance_scale == 1.0:
         denoiser = diffusion.denoiser(condition)
