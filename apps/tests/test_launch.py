@@ -80,7 +80,9 @@ def test_debug_executor_runs_and_a_requeued_job_resumes(
     assert "submitted job" in out and "noise floor" in out
     assert json.loads((run_dir / "scores.json").read_text())["dfm_step"] == 4
     assert (run_dir / "submitit").is_dir()
-    # What submitit does on preemption: run the checkpoint()'s delayed submission again.
-    job = TrainJob(to_container(load_preset("demo", TINY)), run_dir)
-    result = job.checkpoint().result()
+    # What submitit does on preemption: submit the checkpoint()'s delayed submission again.
+    delayed = TrainJob(to_container(load_preset("demo", TINY)), run_dir).checkpoint()
+    executor = submitit.AutoExecutor(folder=tmp_path / "requeue", cluster="debug")
+    result = executor.submit(delayed.function, *delayed.args, **delayed.kwargs).result()
     assert result is not None and result["resumed_from"] == 4
+    assert result["files"]["report"] == str(run_dir / "report.html")

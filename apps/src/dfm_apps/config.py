@@ -157,7 +157,8 @@ def _projection_trainer() -> TrainerConfig:
 class ProjectionConfig:
     """DFM on the projection problem, against a regression baseline and the exact posterior.
 
-    The schema of the ``demo`` and ``projection-*`` presets. Its defaults are the demo.
+    The schema of the ``demo`` and ``projection-*`` presets. The defaults are sensible
+    for the 2-D problem; the preset files hold the tuned values.
     """
 
     app: str = "projection"

@@ -186,7 +186,7 @@ def submit(
             unless ``folder`` says otherwise).
         options: cluster, partition, sizes, time limit.
     """
-    folder = Path(run_dir) / "submitit" / "%j" if folder is None else Path(folder)
+    folder = Path(run_dir) / "submitit" if folder is None else Path(folder)
     executor = make_executor(options, folder)
     return executor.submit(TrainJob(config, run_dir))
 
