@@ -28,6 +28,12 @@ TINY = [
 ]
 
 
+@pytest.fixture
+def tiny() -> list[str]:
+    """The TINY overrides (a fixture, so test modules need not import this conftest)."""
+    return list(TINY)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny demo run (shared: tests that need one only read from it)."""

@@ -10,11 +10,11 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from conftest import TINY
 
 from dfm_apps.cli import main
-from dfm_core.checkpoint import list_checkpoints
+from dfm_core.checkpoint import list_checkpoints, load_weights
 
 
 def _metric_steps(run_dir: Path) -> list[int]:
@@ -37,14 +37,27 @@ def test_demo_writes_the_whole_run_directory(tiny_run: Path) -> None:
     assert "energy distance" in html and "max_steps: 4" in html
 
 
+def test_a_config_trains_the_same_weights_every_time(
+    tiny: list[str], tiny_run: Path, tmp_path: Path
+) -> None:
+    # This process's global RNG has been used since tiny_run trained: model init must not
+    # depend on it.
+    assert main(["demo", "--run-dir", str(tmp_path), *tiny]) == 0
+    for sub in ("", "baseline"):
+        first, _ = load_weights(tiny_run / sub, ema=True)
+        again, _ = load_weights(tmp_path / sub, ema=True)
+        assert all(torch.equal(first[key], again[key]) for key in first)
+    assert (tmp_path / "scores.json").read_text() == (tiny_run / "scores.json").read_text()
+
+
 def test_rerunning_the_demo_resumes_without_retraining(
-    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny: list[str], tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tmp_path / "copy"
     shutil.copytree(tiny_run, run_dir)
     checkpoint = run_dir / "checkpoints" / "step_000004" / "model.safetensors"
     before = checkpoint.stat().st_mtime_ns
-    assert main(["demo", "--run-dir", str(run_dir), *TINY]) == 0
+    assert main(["demo", "--run-dir", str(run_dir), *tiny]) == 0
     assert "resumed from step 4" in capsys.readouterr().out
     assert checkpoint.stat().st_mtime_ns == before  # nothing retrained, nothing rewritten
     assert _metric_steps(run_dir) == [1, 2, 3, 4]
@@ -57,9 +70,9 @@ def test_rerunning_the_demo_resumes_without_retraining(
 
 
 def test_train_refuses_to_overwrite_or_reshape_a_run(
-    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+    tiny: list[str], tiny_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "demo", "--run-dir", str(tiny_run), *TINY]) == 2
+    assert main(["train", "demo", "--run-dir", str(tiny_run), *tiny]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "demo", "--run-dir", str(tiny_run), "--resume", "model.hidden=32"]) == 2
     assert "model.hidden" in capsys.readouterr().err
@@ -89,9 +102,9 @@ def test_sample_accepts_only_evaluation_overrides(
 
 
 @pytest.mark.parametrize("preset", ["projection-6d"])
-def test_every_other_preset_trains_two_steps(preset: str, tmp_path: Path) -> None:
+def test_every_other_preset_trains_two_steps(tiny: list[str], preset: str, tmp_path: Path) -> None:
     # The demo preset is exercised by tiny_run; this covers the rest (d > 2 plots too).
-    overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "baseline_steps"))]
+    overrides = [o for o in tiny if not o.startswith(("trainer.max_steps", "baseline_steps"))]
     argv = [
         "train",
         preset,

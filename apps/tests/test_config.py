@@ -67,6 +67,7 @@ def test_overrides_apply_wherever_they_sit(capsys: pytest.CaptureFixture[str]) -
         (["demo", "trainer.max_steps=abc"], ["trainer.max_steps", "abc"]),
         (["demo", "trainer.max_steps=0"], ["max_steps", "positive integer"]),
         (["demo", "model.context_dropout=0.1"], ["context_dropout"]),
+        (["demo", "evaluation.sampler=euler"], ["evaluation.sampler", "ddim"]),
     ],
 )
 def test_bad_input_gives_a_clear_error(

@@ -229,10 +229,12 @@ def _sample(args: argparse.Namespace) -> int:
     stored = load_run_config(run_dir / CONFIG_FILE)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     config = merge_overrides(stored, [*args.overrides, f"evaluation.seed={seed}"])
-    changed = frozen_differences(stored, config, [k for k in stored if k != "evaluation"])
+    sampling_keys = ("evaluation", "num_threads")
+    changed = frozen_differences(stored, config, [str(k) for k in stored if k not in sampling_keys])
     if changed:
         raise ConfigError(
-            f"dfm sample: only evaluation.* keys may be overridden, got {', '.join(changed)}"
+            "dfm sample: only evaluation.* (and num_threads) may be overridden, got "
+            + ", ".join(changed)
         )
     settings = validate(config)
     out = args.out if args.out is not None else run_dir / "samples" / f"seed-{seed}"

@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from dfm_apps.presets import preset_text
 from dfm_core.projection_problem import ProjectionProblem
+from dfm_core.sampling import SAMPLERS
 from dfm_core.schedules import ScheduleConfig
 from dfm_core.trainer import OptimizerConfig, TrainerConfig
 
@@ -101,6 +102,10 @@ class ModelConfig:
     """Project the predicted signal onto the signals that reproduce the context exactly
     (a data-consistency layer; noiseless problems only)."""
 
+    def __post_init__(self) -> None:
+        if self.loss_type not in ("l2", "l1"):
+            raise ValueError(f"model.loss_type: expected 'l2' or 'l1', got {self.loss_type!r}")
+
 
 @dataclass
 class DataConfig:
@@ -119,7 +124,7 @@ class DataConfig:
 class EvaluationConfig:
     """Scoring samples against the exact posterior, and the pictures."""
 
-    num_contexts: int = 16
+    num_contexts: int = 64
     """Held-out contexts M to score; energy distances are averaged over them."""
     num_samples: int = 256
     """Samples n per context, from each of exact posterior, DFM and baseline."""
@@ -135,6 +140,15 @@ class EvaluationConfig:
     """Contexts drawn in ``samples.png`` (the first ones of the scored set)."""
     trajectory: bool = True
     """Also draw the sampler's trajectory (``denoising.png``) for the first context."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"evaluation.sampler: expected one of {sorted(SAMPLERS)}, got {self.sampler!r}"
+            )
+        for name in ("num_contexts", "num_samples", "steps", "plot_contexts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"evaluation.{name}: expected >= 1, got {getattr(self, name)}")
 
 
 def _projection_trainer() -> TrainerConfig:

@@ -38,7 +38,8 @@ class _View:
     def __init__(self, exact: Tensor) -> None:
         self.dim = exact.shape[-1]
         if self.dim == 2:
-            self.center, self.basis = None, None
+            self.center = torch.zeros(2, dtype=exact.dtype)
+            self.basis = torch.eye(2, dtype=exact.dtype)
             return
         self.center = exact.mean(dim=0)
         _, _, vh = torch.linalg.svd(exact - self.center, full_matrices=False)
@@ -46,13 +47,11 @@ class _View:
 
     def __call__(self, points: Tensor) -> Tensor:
         """(..., d) -> (..., 2)."""
-        if self.basis is None:
-            return points
         return (points - self.center) @ self.basis.T
 
     @property
     def labels(self) -> tuple[str, str]:
-        if self.basis is None:
+        if self.dim == 2:
             return "$S_1$", "$S_2$"
         return "PC 1 of exact posterior", "PC 2"
 

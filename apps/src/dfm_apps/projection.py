@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -46,7 +47,7 @@ from dfm_core.projection_problem import (
     score_samples,
 )
 from dfm_core.sampling import StepInfo, sample
-from dfm_core.trainer import Trainer
+from dfm_core.trainer import Trainer, derive_seed
 
 __all__ = [
     "Evaluation",
@@ -59,6 +60,7 @@ __all__ = [
 ]
 
 BASELINE_DIR = "baseline"
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def build_diffusion(config: ProjectionConfig) -> ForwardDiffusion:
@@ -77,7 +79,7 @@ def build_diffusion(config: ProjectionConfig) -> ForwardDiffusion:
         predictor,
         SubspaceProjection(),
         schedule,
-        loss_type=config.model.loss_type,  # type: ignore[arg-type]
+        loss_type=config.model.loss_type,
         novel_weight=config.model.novel_weight,
         context_dropout=config.model.context_dropout,
     )
@@ -92,6 +94,21 @@ def build_baseline(config: ProjectionConfig) -> RegressionBaseline:
         hidden=config.model.hidden,
         depth=config.model.depth,
     )
+
+
+_INIT_DFM, _INIT_BASELINE = 1000, 1001  # seed-stream tags of the initial weights
+
+
+def _seeded(seed: int, build: Callable[[], M]) -> M:
+    """``build()`` with torch's global RNG seeded from ``seed``, restored afterwards.
+
+    The trainer seeds the global RNGs only once the model exists, and torch seeds them
+    differently in every process, so without this two runs of one config would start
+    from different weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 def set_threads(config: ProjectionConfig) -> None:
@@ -128,7 +145,7 @@ def train(config: ProjectionConfig, run_dir: Path, *, run_config: dict[str, Any]
     )
 
     dfm = Trainer(
-        build_diffusion(config),
+        _seeded(derive_seed(config.trainer.seed, _INIT_DFM), lambda: build_diffusion(config)),
         dataset,
         config.trainer,
         run_dir=run_dir,
@@ -140,7 +157,7 @@ def train(config: ProjectionConfig, run_dir: Path, *, run_config: dict[str, Any]
 
     baseline_trainer_config = dataclasses.replace(config.trainer, max_steps=config.baseline_steps)
     baseline = Trainer(
-        build_baseline(config),
+        _seeded(derive_seed(config.trainer.seed, _INIT_BASELINE), lambda: build_baseline(config)),
         dataset,
         baseline_trainer_config,
         run_dir=run_dir / BASELINE_DIR,
@@ -151,8 +168,8 @@ def train(config: ProjectionConfig, run_dir: Path, *, run_config: dict[str, Any]
     baseline.train()
     dfm.close()
     return Trained(
-        diffusion=dfm.ema_model(),  # type: ignore[arg-type]
-        baseline=baseline.ema_model(),  # type: ignore[arg-type]
+        diffusion=dfm.ema_model(),
+        baseline=baseline.ema_model(),
         dfm_step=dfm.step,
         baseline_step=baseline.step,
         resumed_from=resumed_from,
