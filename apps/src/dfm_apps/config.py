@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from dfm_apps.presets import preset_text
+from dfm_core.projection_problem import ProjectionModelConfig as ModelConfig
 from dfm_core.projection_problem import ProjectionProblem
 from dfm_core.sampling import SAMPLERS
 from dfm_core.schedules import ScheduleConfig
@@ -81,30 +82,6 @@ class ProblemConfig:
             seed=self.seed,
             target_views=self.target_views,
         )
-
-
-@dataclass
-class ModelConfig:
-    """The signal predictor (an MLP) and the DFM objective; the baseline shares hidden/depth."""
-
-    hidden: int = 256
-    """Width of the hidden layers (DFM predictor and regression baseline)."""
-    depth: int = 4
-    """Number of hidden layers (DFM predictor and regression baseline)."""
-    loss_type: str = "l2"
-    """``l2`` (the paper) or ``l1`` distance of rendered and true observations."""
-    novel_weight: float = 1.0
-    """Weight of the novel-view loss (eq. 9)."""
-    context_dropout: float = 0.0
-    """Probability of dropping a sample's context in training (for classifier-free
-    guidance); must be 0 with ``context_consistent``, which needs the context."""
-    context_consistent: bool = True
-    """Project the predicted signal onto the signals that reproduce the context exactly
-    (a data-consistency layer; noiseless problems only)."""
-
-    def __post_init__(self) -> None:
-        if self.loss_type not in ("l2", "l1"):
-            raise ValueError(f"model.loss_type: expected 'l2' or 'l1', got {self.loss_type!r}")
 
 
 @dataclass
@@ -198,17 +175,7 @@ class ProjectionConfig:
     are too small to gain from intra-op threads, which only oversubscribe shared CPUs."""
 
     def __post_init__(self) -> None:
-        if self.model.context_consistent and self.model.context_dropout > 0:
-            raise ValueError(
-                "model.context_consistent needs the context in every training example; "
-                f"set model.context_dropout=0 (got {self.model.context_dropout}) or "
-                "model.context_consistent=false"
-            )
-        if self.model.context_consistent and self.problem.noise_std > 0:
-            raise ValueError(
-                "model.context_consistent assumes noiseless observations; set "
-                f"model.context_consistent=false for problem.noise_std={self.problem.noise_std}"
-            )
+        self.model.check_noise(self.problem.noise_std)
         if self.baseline_steps < 1:
             raise ValueError(f"baseline_steps must be >= 1, got {self.baseline_steps}")
         if self.num_threads is not None and self.num_threads < 1:

@@ -22,10 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,21 +37,18 @@ from dfm_core.guidance import classifier_free_guidance
 from dfm_core.projection_problem import (
     PosteriorScores,
     ProjectionDataset,
-    ProjectionPredictor,
     ProjectionProblem,
     RegressionBaseline,
-    SubspaceProjection,
     collate_projection,
     posterior_samples,
     score_samples,
 )
 from dfm_core.sampling import StepInfo, sample
-from dfm_core.trainer import Trainer, derive_seed
+from dfm_core.trainer import Trainer
 
 __all__ = [
     "Evaluation",
-    "build_baseline",
-    "build_diffusion",
+    "build_models",
     "denoising_trajectory",
     "evaluate",
     "load_models",
@@ -60,55 +56,13 @@ __all__ = [
 ]
 
 BASELINE_DIR = "baseline"
-M = TypeVar("M", bound=torch.nn.Module)
 
 
-def build_diffusion(config: ProjectionConfig) -> ForwardDiffusion:
-    """The DFM model: projection predictor + subspace forward model + noise schedule."""
-    problem = config.problem
-    schedule = config.schedule.build()
-    predictor = ProjectionPredictor(
-        problem.signal_dim,
-        problem.observation_dim,
-        schedule.num_timesteps,
-        hidden=config.model.hidden,
-        depth=config.model.depth,
-        context_consistent=config.model.context_consistent,
+def build_models(config: ProjectionConfig) -> tuple[ForwardDiffusion, RegressionBaseline]:
+    """DFM and the regression baseline, initial weights seeded from ``trainer.seed``."""
+    return config.model.build(
+        config.problem.build(), config.schedule.build(), seed=config.trainer.seed
     )
-    return ForwardDiffusion(
-        predictor,
-        SubspaceProjection(),
-        schedule,
-        loss_type=config.model.loss_type,
-        novel_weight=config.model.novel_weight,
-        context_dropout=config.model.context_dropout,
-    )
-
-
-def build_baseline(config: ProjectionConfig) -> RegressionBaseline:
-    """The deterministic regression baseline (same width and depth as the DFM predictor)."""
-    problem = config.problem
-    return RegressionBaseline(
-        problem.signal_dim,
-        problem.observation_dim,
-        hidden=config.model.hidden,
-        depth=config.model.depth,
-    )
-
-
-_INIT_DFM, _INIT_BASELINE = 1000, 1001  # seed-stream tags of the initial weights
-
-
-def _seeded(seed: int, build: Callable[[], M]) -> M:
-    """``build()`` with torch's global RNG seeded from ``seed``, restored afterwards.
-
-    The trainer seeds the global RNGs only once the model exists, and torch seeds them
-    differently in every process, so without this two runs of one config would start
-    from different weights.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
 
 
 def set_threads(config: ProjectionConfig) -> None:
@@ -144,8 +98,9 @@ def train(config: ProjectionConfig, run_dir: Path, *, run_config: dict[str, Any]
         problem, config.data.batch_size, config.data.length, config.data.seed
     )
 
+    diffusion, baseline_model = build_models(config)
     dfm = Trainer(
-        _seeded(derive_seed(config.trainer.seed, _INIT_DFM), lambda: build_diffusion(config)),
+        diffusion,
         dataset,
         config.trainer,
         run_dir=run_dir,
@@ -157,7 +112,7 @@ def train(config: ProjectionConfig, run_dir: Path, *, run_config: dict[str, Any]
 
     baseline_trainer_config = dataclasses.replace(config.trainer, max_steps=config.baseline_steps)
     baseline = Trainer(
-        _seeded(derive_seed(config.trainer.seed, _INIT_BASELINE), lambda: build_baseline(config)),
+        baseline_model,
         dataset,
         baseline_trainer_config,
         run_dir=run_dir / BASELINE_DIR,
@@ -182,7 +137,7 @@ def load_models(config: ProjectionConfig, run_dir: Path) -> Trained:
     Raises:
         CheckpointError: the run (or its baseline) has no complete checkpoint yet.
     """
-    diffusion, baseline = build_diffusion(config), build_baseline(config)
+    diffusion, baseline = build_models(config)
     dfm_step, dfm_path = _newest_checkpoint(run_dir)
     base_step, base_path = _newest_checkpoint(run_dir / BASELINE_DIR)
     diffusion.load_state_dict(load_weights(dfm_path, ema=True)[0])

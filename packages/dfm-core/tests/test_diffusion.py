@@ -68,6 +68,30 @@ def test_loss_terms_match_a_hand_computation():
     )
 
 
+def test_snr_weighting_matches_a_float64_recomputation():
+    batch, _ = make_batch()
+    predicted = torch.randn(6, 3, generator=torch.Generator().manual_seed(5))
+    recorder = Recorder(predicted)
+    model = ForwardDiffusion(recorder, SubspaceProjection(), SCHEDULE, snr_weight=(0.5, 4.0))
+    terms = model(batch, generator=torch.Generator().manual_seed(0))
+    t = recorder.calls[0][2].long()
+    alpha_bar = SCHEDULE.alphas_cumprod  # float64
+    weights = (alpha_bar / (1 - alpha_bar)).clamp(0.5, 4.0)
+    weights = weights[t] / weights.mean()  # normalised over the T levels
+    per_sample = lambda obs, params: (  # noqa: E731
+        ((params.double() @ predicted.double()[..., None]).squeeze(-1) - obs.double())
+        .square()
+        .mean(-1)
+    )
+    target = (weights * per_sample(batch.target, batch.target_params)).mean()
+    novel = (weights * per_sample(batch.novel, batch.novel_params)).mean()
+    assert terms["target"].item() == pytest.approx(target.item(), rel=1e-5)
+    assert terms["novel"].item() == pytest.approx(novel.item(), rel=1e-5)
+    assert not torch.allclose(weights, torch.ones_like(weights))  # the test has power
+    with pytest.raises(ValueError, match="snr_weight"):
+        ForwardDiffusion(recorder, SubspaceProjection(), SCHEDULE, snr_weight=(2.0, 1.0))
+
+
 def test_predictor_sees_the_forward_process_and_never_the_novel_view():
     batch, _ = make_batch()
     recorder = Recorder(torch.zeros(6, 3))

@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 import torch
 
+from dfm_core.diffusion import Context
 from dfm_core.metrics import energy_distance, sliced_wasserstein
+from dfm_core.sampling import sample_ddim
+from dfm_core.schedules import NoiseSchedule
 from dfm_core.projection_problem import (
     GaussianMixture,
     ProjectionDataset,
     ProjectionProblem,
     SubspaceProjection,
+    FourierFeatures,
+    ProjectionPredictor,
+    RegressionBaseline,
     complement_projections,
+    exact_denoiser,
     exact_posterior,
     random_projections,
 )
@@ -71,6 +78,64 @@ def test_noisy_posterior_matches_importance_sampling():
     reference_mean = (weights[:, None] * prior_samples).sum(0)
     mean = (posterior.weights[0, :, None] * posterior.means[0]).sum(0)
     assert torch.allclose(mean, reference_mean, atol=0.01)
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.2])
+def test_exact_denoiser_matches_importance_weighted_posterior_samples(noise_std):
+    # E[S | O_ctxt, x_t] by self-normalised importance sampling: draw (S, O_trgt) from the
+    # exact posterior and the observation model, weight by N(x_t; a O_trgt, s^2 I).
+    problem = ProjectionProblem.build(4, 2, num_components=3, noise_std=noise_std, seed=2)
+    g = torch.Generator().manual_seed(0)
+    context_params = random_projections(1, 2, 4, g)
+    context_obs = problem.observe(problem.prior.sample(1, g), context_params, g)
+    posterior = exact_posterior(problem.prior, context_obs, context_params, noise_std)
+    target_params = complement_projections(context_params, g)
+    schedule = NoiseSchedule.from_name("cosine", 100)
+    denoise = exact_denoiser(posterior, target_params, schedule, noise_std)
+    signals = posterior.sample(400_000, g)[0]  # (N, d)
+    targets = signals @ target_params[0].double().T
+    targets = targets + noise_std * torch.randn(targets.shape, generator=g, dtype=torch.float64)
+    for t in (10, 50, 90):
+        alpha_bar = schedule.alpha_bar(torch.tensor(float(t)))
+        x_t = alpha_bar.sqrt() * targets[:1] + (1 - alpha_bar).sqrt() * 0.5  # a fixed state
+        log_lik = -0.5 * ((x_t - alpha_bar.sqrt() * targets) ** 2).sum(-1) / (1 - alpha_bar)
+        weights = torch.softmax(log_lik, 0)[:, None]
+        out = denoise(x_t.float(), torch.tensor([float(t)]))
+        assert out.x0.shape == (1, 2) and out.signal.shape == (1, 4)
+        effective = 1 / weights.square().sum()
+        assert effective > 500, "too few effective samples for the reference"
+        assert torch.allclose(out.signal[0], (weights * signals).sum(0), atol=0.02)
+        assert torch.allclose(out.x0[0], (weights * targets).sum(0), atol=0.02)
+
+
+@pytest.mark.parametrize("dims", [(2, 1, 5), (6, 3, 6)])
+def test_ddim_with_the_exact_denoiser_samples_the_exact_posterior(dims):
+    # Proposition 1 with a perfect network: 50 DDIM steps over the target observation
+    # turn the Bayes-optimal denoiser into exact posterior samples of S, so the energy
+    # distance to exact samples is at the noise floor (exact vs exact).
+    d, k, components = dims
+    problem = ProjectionProblem.build(d, k, num_components=components, seed=0)
+    g = torch.Generator().manual_seed(5)
+    contexts, n = 48, 48
+    context_params = random_projections(contexts, k, d, g)
+    context_obs = problem.observe(problem.prior.sample(contexts, g), context_params, g)
+    posterior = exact_posterior(problem.prior, context_obs, context_params)
+    exact, exact_repeat = posterior.sample(n, g), posterior.sample(n, g)
+    repeated = GaussianMixture(
+        posterior.weights.repeat_interleave(n, 0),
+        posterior.means.repeat_interleave(n, 0),
+        posterior.covariances.repeat_interleave(n, 0),
+    )
+    target_params = complement_projections(context_params.repeat_interleave(n, 0), g)
+    schedule = NoiseSchedule.from_name("cosine", 1000)
+    denoise = exact_denoiser(repeated, target_params, schedule)
+    out = sample_ddim(denoise, schedule, (contexts * n, k), steps=50, generator=g)
+    dfm = out.signal.reshape(contexts, n, d)
+    floor = energy_distance(exact_repeat, exact).mean()
+    assert energy_distance(dfm, exact).mean() < 1.25 * floor
+    # and the test has power: the posterior mean (one answer per context) is far off
+    mean = (posterior.weights[..., None] * posterior.means).sum(1)
+    assert energy_distance(mean[:, None].expand(-1, n, -1), exact).mean() > 5 * floor
 
 
 def test_projections_are_orthonormal_and_complements_orthogonal():
@@ -133,3 +198,88 @@ def test_bad_problem_definitions_are_named():
         ProjectionProblem.build(3, 2)  # complement needs 2k <= d
     with pytest.raises(ValueError, match="num_components"):
         ProjectionProblem.build(2, 1, num_components=0)
+
+
+def _rotate(params: torch.Tensor, obs: torch.Tensor, g: torch.Generator):
+    """The same measurement in another orthonormal basis: (R A, R O), R random orthogonal."""
+    k = params.shape[1]
+    rotation, _ = torch.linalg.qr(torch.randn(params.shape[0], k, k, generator=g))
+    return rotation @ params, (rotation @ obs[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_predictors_do_not_depend_on_the_basis_of_a_view(preconditioned):
+    # A k x d parameter matrix and any rotation of its rows describe one measurement:
+    # the predictor's signal must not change (up to float32 round-off).
+    d, k, batch = 4, 2, 5
+    g = torch.Generator().manual_seed(0)
+    schedule = NoiseSchedule.from_name("cosine", 100)
+    torch.manual_seed(0)
+    predictor = ProjectionPredictor(
+        d,
+        k,
+        100,
+        hidden=32,
+        depth=2,
+        fourier_features=8,
+        schedule=schedule if preconditioned else None,
+        context_consistent=True,
+    )
+    baseline = RegressionBaseline(d, k, hidden=32, depth=2, fourier_features=8)
+    context_params = random_projections(batch, k, d, g)
+    context_obs = torch.randn(batch, k, generator=g)
+    target_params = complement_projections(context_params, g)
+    noisy = torch.randn(batch, k, generator=g)
+    t = torch.tensor([0.0, 10.0, 50.0, 80.0, 99.0])
+    signal = predictor(Context(context_obs, context_params), noisy, t, target_params)
+    rotated_context = Context(*reversed(_rotate(context_params, context_obs, g)))
+    rotated_target_params, rotated_noisy = _rotate(target_params, noisy, g)
+    rotated_signal = predictor(rotated_context, rotated_noisy, t, rotated_target_params)
+    assert torch.allclose(signal, rotated_signal, atol=1e-5)
+    # context-consistent: the signal reproduces the context exactly
+    assert torch.allclose((context_params @ signal[..., None]).squeeze(-1), context_obs, atol=1e-5)
+    assert torch.allclose(
+        baseline.predict(Context(context_obs, context_params)),
+        baseline.predict(rotated_context),
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="noisy_target"):
+        predictor(Context(context_obs, context_params), noisy[:, :1], t, target_params)
+
+
+def test_preconditioned_predictor_is_near_identity_at_low_noise():
+    # c_skip -> 1 and c_out -> sigma as sigma -> 0: at t = 0 the target view of the
+    # predicted signal is x_t / sqrt(abar) up to sigma_min times the raw network output.
+    d, k = 4, 2
+    g = torch.Generator().manual_seed(1)
+    schedule = NoiseSchedule.from_name("cosine", 1000)
+    torch.manual_seed(1)
+    predictor = ProjectionPredictor(d, k, 1000, hidden=32, depth=2, schedule=schedule)
+    context_params = random_projections(64, k, d, g)
+    target_params = complement_projections(context_params, g)
+    context = Context(torch.randn(64, k, generator=g), context_params)
+    noisy = torch.randn(64, k, generator=g)
+    t = torch.zeros(64)
+    x0 = (target_params @ predictor(context, noisy, t, target_params)[..., None]).squeeze(-1)
+    alpha_bar = schedule.alpha_bar(t).float()[:, None]
+    error = (x0 - noisy / alpha_bar.sqrt()).abs().max()
+    assert error < 10 * schedule.sigma_min
+    t = torch.full((64,), 999.0)  # and at high noise the network output is all there is
+    x0 = (target_params @ predictor(context, noisy, t, target_params)[..., None]).squeeze(-1)
+    assert (x0 - noisy / schedule.alpha_bar(t).float()[:, None].sqrt()).abs().max() > 1
+
+
+def test_fourier_features_are_fixed_saved_and_optional():
+    torch.manual_seed(0)
+    lift = FourierFeatures(3, 5, scale=2.0)
+    x = torch.randn(7, 3)
+    out = lift(x)
+    assert out.shape == (7, 3 + 10) and lift.out_features == 13
+    angles = 2 * math.pi * x.double() @ lift.frequencies.double()
+    assert torch.allclose(out[:, 3:8].double(), angles.sin(), atol=1e-5)
+    assert torch.allclose(out[:, :3], x)
+    assert "frequencies" in lift.state_dict()
+    assert not any(p.requires_grad for p in lift.parameters())
+    assert torch.equal(FourierFeatures(3, 0)(x), x)
+    with pytest.raises(ValueError, match="num_frequencies"):
+        FourierFeatures(3, -1)

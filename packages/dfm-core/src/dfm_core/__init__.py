@@ -5,6 +5,8 @@ built-in projection problem with an exact posterior. Nothing here is specific to
 application: those plug in a forward model, a signal predictor and their batches.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from dfm_core.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -21,14 +23,6 @@ from dfm_core.diffusion import (
     Regularizer,
     SignalPredictor,
     drop_context,
-)
-from dfm_core.dit import (
-    DIT_PRESETS,
-    DiT,
-    DiTConfig,
-    dit_config,
-    sincos_pos_embed_2d,
-    timestep_embedding,
 )
 from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
 from dfm_core.metrics import energy_distance, sliced_wasserstein
@@ -62,7 +56,36 @@ from dfm_core.schedules import (
 from dfm_core.trainer import NonFiniteLossError, OptimizerConfig, Trainer, TrainerConfig
 from dfm_core.tree import tree_cat, tree_index, tree_map, tree_to
 
+if TYPE_CHECKING:
+    from dfm_core.dit import (
+        DIT_PRESETS,
+        DiT,
+        DiTConfig,
+        dit_config,
+        sincos_pos_embed_2d,
+        timestep_embedding,
+    )
+
 __version__ = "0.1.0"
+
+# The DiT pulls in timm, which takes seconds to import; only pay for it when used.
+_LAZY_DIT = {
+    "DIT_PRESETS",
+    "DiT",
+    "DiTConfig",
+    "dit_config",
+    "sincos_pos_embed_2d",
+    "timestep_embedding",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_DIT:
+        from dfm_core import dit
+
+        return getattr(dit, name)
+    raise AttributeError(f"module 'dfm_core' has no attribute {name!r}")
+
 
 __all__ = [
     "DIT_PRESETS",

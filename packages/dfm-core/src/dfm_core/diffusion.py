@@ -159,6 +159,11 @@ class ForwardDiffusion(nn.Module):
         context_dropout: probability with which each sample's context is dropped in
             training, for classifier-free guidance (0.1 in the paper).
         regularizers: named extra terms, ``{name: (weight, fn)}``.
+        snr_weight: ``(low, high)`` weights each sample's target and novel losses by
+            clamp(SNR(t), low, high), SNR = abar / (1 - abar). None (the paper) weights
+            every t equally. (0, 5) is Min-SNR-5 in x0 space (Hang et al. 2023);
+            (1, inf) is truncated SNR (Salimans & Ho 2022). Weights are divided by their
+            mean over t, so the loss keeps the scale of the unweighted objective.
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class ForwardDiffusion(nn.Module):
         novel_weight: float = 1.0,
         context_dropout: float = 0.1,
         regularizers: Mapping[str, tuple[float, Regularizer]] | None = None,
+        snr_weight: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         if loss_type not in ("l2", "l1"):
@@ -181,6 +187,11 @@ class ForwardDiffusion(nn.Module):
             )
         if novel_weight < 0:
             raise ValueError(f"novel_weight: expected >= 0, got {novel_weight}")
+        if snr_weight is not None and not 0 <= snr_weight[0] <= snr_weight[1]:
+            raise ValueError(
+                f"snr_weight: expected (low, high) with 0 <= low <= high, got {snr_weight}"
+            )
+        self.snr_weight = snr_weight
         self.predictor = predictor
         self.forward_model = forward_model
         self.schedule = schedule
@@ -231,12 +242,15 @@ class ForwardDiffusion(nn.Module):
         signal = self.predictor(
             self.encode_context(context), noisy_target, t.to(target.dtype), batch.target_params
         )
+        weight = self.loss_weight(t)
         terms: dict[str, Tensor] = {}
-        terms["target"] = self._distance(self.forward_model(signal, batch.target_params), target)
+        terms["target"] = self._distance(
+            self.forward_model(signal, batch.target_params), target, weight
+        )
         total = terms["target"]
         if batch.novel is not None:
             terms["novel"] = self._distance(
-                self.forward_model(signal, batch.novel_params), batch.novel
+                self.forward_model(signal, batch.novel_params), batch.novel, weight
             )
             total = total + self.novel_weight * terms["novel"]
         for name, term in self.regularizers.items():
@@ -245,7 +259,17 @@ class ForwardDiffusion(nn.Module):
         terms["loss"] = total
         return terms
 
-    def _distance(self, prediction: Tensor, reference: Tensor) -> Tensor:
+    def loss_weight(self, t: Tensor) -> Tensor | None:
+        """Per-sample loss weights (B,) for integer timesteps t (B,); None if uniform."""
+        if self.snr_weight is None:
+            return None
+        low, high = self.snr_weight
+        all_snr = self.schedule.alphas_cumprod / (1 - self.schedule.alphas_cumprod)
+        all_weights = all_snr.clamp(low, high)
+        weights = all_weights.to(t.device)[t.long()] / all_weights.mean()
+        return weights.float()
+
+    def _distance(self, prediction: Tensor, reference: Tensor, weight: Tensor | None) -> Tensor:
         if prediction.shape != reference.shape:
             raise ValueError(
                 f"forward model output has shape {tuple(prediction.shape)} but the observation it is "
@@ -253,7 +277,10 @@ class ForwardDiffusion(nn.Module):
             )
         error = prediction - reference
         per_element = error.square() if self.loss_type == "l2" else error.abs()
-        return per_element.mean()
+        if weight is None:
+            return per_element.mean()
+        per_sample = per_element.reshape(per_element.shape[0], -1).mean(dim=1)
+        return (weight.to(per_sample.dtype) * per_sample).mean()
 
     # ---- sampling ----------------------------------------------------------------------
     def encode_context(self, context: Any) -> Any:

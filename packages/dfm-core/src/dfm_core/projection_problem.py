@@ -22,32 +22,38 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from dfm_core.data_order import derive_seed
 from dfm_core.diffusion import Context, DFMBatch, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
 from dfm_core.metrics import energy_distance
-from dfm_core.sampling import sample
+from dfm_core.optim import OptimizerConfig
+from dfm_core.sampling import Denoised, sample
 from dfm_core.schedules import NoiseSchedule
-from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
+from dfm_core.trainer import Trainer, TrainerConfig
 from dfm_core.tree import tree_cat, tree_to
 
 __all__ = [
+    "FourierFeatures",
     "GaussianMixture",
     "PosteriorScores",
     "ProjectionDataset",
     "ProjectionFitConfig",
+    "ProjectionModelConfig",
     "ProjectionPredictor",
     "ProjectionProblem",
     "RegressionBaseline",
     "SubspaceProjection",
     "collate_projection",
     "complement_projections",
+    "exact_denoiser",
     "exact_posterior",
     "fit_projection_models",
     "posterior_samples",
@@ -210,6 +216,58 @@ def exact_posterior(
     return GaussianMixture(torch.softmax(log_weights, dim=-1), means, covariances)
 
 
+def exact_denoiser(
+    posterior: GaussianMixture,
+    target_params: Tensor,
+    schedule: NoiseSchedule,
+    noise_std: float = 0.0,
+) -> Callable[[Tensor, Tensor], Denoised]:
+    """The Bayes-optimal DFM denoiser for a context whose posterior is known.
+
+    With S | O^ctxt ~ sum_j w_j N(m_j, C_j), target O = A S + noise_std * eps and
+    x_t = a O + s eps' (a = sqrt(abar_t), s = sqrt(1 - abar_t)), each component gives
+        V_j = A C_j A^T + noise_std^2 I,   G_j = a^2 V_j + s^2 I,
+        p(j | x_t)   ~ w_j N(x_t; a A m_j, G_j),
+        E[O | x_t, j] = A m_j + a V_j G_j^{-1} (x_t - a A m_j),
+        E[S | x_t, j] = m_j   + a C_j A^T G_j^{-1} (x_t - a A m_j),
+    and the denoiser returns the mixtures of both: exactly what a perfectly trained DFM
+    network would (the minimiser of the target and novel-view losses). It is the
+    reference the samplers are tested against.
+
+    Args:
+        posterior: batched over B: weights (B, K), means (B, K, d), covariances (B, K, d, d).
+        target_params: A, shape (B, k, d).
+
+    Returns:
+        ``denoiser(x_t (B, k), t (B,)) -> Denoised(x0 (B, k), signal (B, d))``, float64.
+    """
+    a_mat = target_params.double()[:, None]  # (B, 1, k, d)
+    means = posterior.means.double()[..., None]  # (B, K, d, 1)
+    cov_s = posterior.covariances.double()  # (B, K, d, d)
+    k = a_mat.shape[-2]
+    eye = torch.eye(k, dtype=torch.float64)
+    obs_means = a_mat @ means  # (B, K, k, 1)
+    obs_cov = a_mat @ cov_s @ a_mat.transpose(-1, -2) + noise_std**2 * eye  # V_j
+    cross = cov_s @ a_mat.transpose(-1, -2)  # C_j A^T, (B, K, d, k)
+    log_weights = posterior.weights.double().clamp(min=1e-300).log()
+
+    def denoise(x_t: Tensor, t: Tensor) -> Denoised:
+        alpha_bar = schedule.alpha_bar(t.double().cpu())[:, None, None, None]
+        a, s_sq = alpha_bar.sqrt(), 1 - alpha_bar
+        chol = torch.linalg.cholesky(a**2 * obs_cov + s_sq * eye)  # G_j
+        residual = x_t.double().cpu()[:, None, :, None] - a * obs_means
+        solved = torch.cholesky_solve(residual, chol)  # G_j^{-1} r
+        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        responsibility = torch.softmax(
+            log_weights - 0.5 * ((residual * solved).sum((-2, -1)) + log_det), dim=-1
+        )[..., None]  # (B, K, 1)
+        x0 = ((obs_means + a * obs_cov @ solved).squeeze(-1) * responsibility).sum(1)
+        signal = ((means + a * cross @ solved).squeeze(-1) * responsibility).sum(1)
+        return Denoised(x0=x0.to(x_t.device), signal=signal.to(x_t.device))
+
+    return denoise
+
+
 def complement_projections(
     context_params: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -354,23 +412,67 @@ def _timestep_features(t: Tensor, num_timesteps: int, dim: int = 32) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def _geometry_features(
-    context_obs: Tensor, context_proj: Tensor, target_obs: Tensor, target_proj: Tensor
-) -> Tensor:
-    """Forward-model-aware features, the analogue of pixelNeRF's unprojection.
+def _projector(params: Tensor) -> Tensor:
+    """A^T A (B, d, d) for A (B, k, d) with orthonormal rows: the subspace, basis-free."""
+    return params.transpose(-1, -2) @ params
 
-    Back-projections A^T O of both views and the ridge least-squares solution of the
-    stacked linear system [A_c; A_t] S = [O_c; O_t]; none of them involves the prior.
-    Shapes: obs (B, k), proj (B, k, d) -> (B, 3d).
+
+def _back_project(params: Tensor, observation: Tensor) -> Tensor:
+    """A^T O: (B, k, d), (B, k) -> (B, d), the observation as a point of R^d."""
+    return (params.transpose(-1, -2) @ observation[..., None]).squeeze(-1)
+
+
+def _context_features(context: Context) -> Tensor:
+    """What a context says, independent of the basis its k x d matrix happens to use.
+
+    Any orthonormal basis R A of the same subspace, with observation R O, describes the
+    same measurement; the projector A^T A and the back-projection A^T O are invariant to
+    R, so the network need not learn that symmetry (the analogue of pixelNeRF working in
+    camera-relative geometry). Shape (B, d*d + d).
     """
-    back_context = (context_proj.transpose(-1, -2) @ context_obs[..., None]).squeeze(-1)
-    back_target = (target_proj.transpose(-1, -2) @ target_obs[..., None]).squeeze(-1)
-    stacked = torch.cat([context_proj, target_proj], dim=-2)  # (B, 2k, d)
-    gram = stacked.transpose(-1, -2) @ stacked + 1e-2 * torch.eye(
-        stacked.shape[-1], device=stacked.device
-    )
-    least_squares = torch.linalg.solve(gram, (back_context + back_target)[..., None]).squeeze(-1)
-    return torch.cat([back_context, back_target, least_squares], dim=-1)
+    batch = context.observation.shape[0]
+    projector = _projector(context.params).reshape(batch, -1)
+    return torch.cat([projector, _back_project(context.params, context.observation)], dim=-1)
+
+
+class FourierFeatures(nn.Module):
+    """Random Fourier features (Tancik et al. 2020): x -> [x, sin(2 pi x B), cos(2 pi x B)].
+
+    The posterior's weights are sharp functions of the context (narrow mixture
+    components), and a plain MLP's spectral bias leaves them unlearned for a long time:
+    it settles on the smooth part. A fixed Gaussian B (std ``scale``) lifts the inputs so
+    that high frequencies are cheap -- the role NeRF's positional encoding plays for the
+    renderer. B is a persistent buffer: saved with the weights, never trained.
+
+    Args:
+        in_features: size of x's last dimension.
+        num_frequencies: columns of B; 0 passes x through unchanged.
+        scale: standard deviation of B's entries.
+    """
+
+    def __init__(self, in_features: int, num_frequencies: int, scale: float = 1.0) -> None:
+        super().__init__()
+        if num_frequencies < 0 or scale <= 0:
+            raise ValueError(
+                f"FourierFeatures: expected num_frequencies >= 0 and scale > 0, got {num_frequencies}, {scale}"
+            )
+        self.register_buffer("frequencies", scale * torch.randn(in_features, num_frequencies))
+        self.out_features = in_features + 2 * num_frequencies
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        if self.frequencies.shape[1] == 0:
+            return x
+        angles = 2 * math.pi * x @ self.frequencies
+        return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
+
+
+def _mlp(in_features: int, hidden: int, depth: int, out_features: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(in_features, hidden), nn.SiLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+    layers.append(nn.Linear(hidden, out_features))
+    return nn.Sequential(*layers)
 
 
 class ProjectionPredictor(nn.Module):
@@ -383,6 +485,13 @@ class ProjectionPredictor(nn.Module):
     orthonormal rows). This is a data-consistency layer for *noiseless* observations:
     the true posterior lives on that set, so the network only has to learn the
     distribution within it. It needs the context, so train without context dropout.
+
+    Views enter as basis-free features (``_context_features``): projectors A^T A and
+    back-projections A^T O. With a ``schedule`` the network is preconditioned
+    (``_precondition``) and sees sqrt(abar_t) x_t instead of x_t; ``fourier_features``
+    lifts the context and target-view features through ``FourierFeatures``. Without these
+    three, this MLP learned the posterior's mode weights so slowly that DFM stayed at 16x
+    the noise floor after 6k steps on the d=2 problem (2.8x with them; docs/benchmarks.md).
     """
 
     def __init__(
@@ -393,42 +502,95 @@ class ProjectionPredictor(nn.Module):
         hidden: int = 256,
         depth: int = 4,
         context_consistent: bool = False,
+        schedule: NoiseSchedule | None = None,
+        data_std: float = 1.0,
+        fourier_features: int = 0,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        d, k = signal_dim, observation_dim
+        d = signal_dim
+        self.signal_dim, self.observation_dim = signal_dim, observation_dim
         self.num_timesteps = num_timesteps
         self.context_consistent = context_consistent
-        in_features = 2 * k + 2 * k * d + 3 * d + 32
-        layers: list[nn.Module] = [nn.Linear(in_features, hidden), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        layers.append(nn.Linear(hidden, d))
-        self.mlp = nn.Sequential(*layers)
+        self.data_std = data_std
+        if schedule is not None and schedule.num_timesteps != num_timesteps:
+            raise ValueError(
+                f"schedule: expected {num_timesteps} timesteps, got {schedule.num_timesteps}"
+            )
+        self.schedule = schedule  # enables the preconditioning, see _precondition
+        self.fourier = FourierFeatures(2 * d * d + d, fourier_features, fourier_scale)
+        self.mlp = _mlp(self.fourier.out_features + 2 * d + 32, hidden, depth, d)
 
     def forward(
         self, context: Context, noisy_target: Tensor, t: Tensor, target_params: Tensor
     ) -> Tensor:
-        batch = noisy_target.shape[0]
+        batch, d = noisy_target.shape[0], self.signal_dim
+        if noisy_target.shape[1:] != (self.observation_dim,) or target_params.shape[1:] != (
+            self.observation_dim,
+            d,
+        ):
+            raise ValueError(
+                f"ProjectionPredictor: expected noisy_target (B, {self.observation_dim}) and "
+                f"target_params (B, {self.observation_dim}, {d}), got "
+                f"{tuple(noisy_target.shape)} and {tuple(target_params.shape)}"
+            )
+        target_input = noisy_target
+        if self.schedule is not None:
+            # c_in = sqrt(abar): the informative part of x_t, which fades as noise grows,
+            # so the network need not learn to gate out pure noise by itself.
+            target_input = (
+                noisy_target * self.schedule.alpha_bar(t).to(noisy_target)[:, None].sqrt()
+            )
+        # What the context and the choice of target view say: the posterior's mode
+        # weights are sharp functions of it, hence the Fourier lift. The noisy target
+        # enters raw; its influence is smooth at the noise levels where it matters.
+        known = torch.cat(
+            [_context_features(context), _projector(target_params).reshape(batch, -1)], dim=-1
+        )
+        back_target = _back_project(target_params, target_input)
+        # Ridge least squares of [A_c; A_t] S = [O_c; O_t]: no prior involved.
+        gram = _projector(context.params) + _projector(target_params)
+        gram = gram + 1e-2 * torch.eye(d, device=gram.device, dtype=gram.dtype)
+        back_context = _back_project(context.params, context.observation)
+        least_squares = torch.linalg.solve(gram, (back_context + back_target)[..., None])
         features = torch.cat(
             [
-                context.observation,
-                noisy_target,
-                context.params.reshape(batch, -1),
-                target_params.reshape(batch, -1),
-                _geometry_features(
-                    context.observation, context.params, noisy_target, target_params
-                ),
+                self.fourier(known),
+                back_target,
+                least_squares.squeeze(-1),
                 _timestep_features(t, self.num_timesteps),
             ],
             dim=-1,
         )
         signal = self.mlp(features)
+        if self.schedule is not None:
+            signal = self._precondition(signal, noisy_target, t, target_params)
         if self.context_consistent:
             residual = context.observation - (context.params @ signal[..., None]).squeeze(
                 -1
             )  # (B, k)
             signal = signal + (context.params.transpose(-1, -2) @ residual[..., None]).squeeze(-1)
         return signal
+
+    def _precondition(
+        self, raw: Tensor, noisy_target: Tensor, t: Tensor, target_params: Tensor
+    ) -> Tensor:
+        """Preconditioning (after Karras et al. 2022, eq. 7) seen through the forward model.
+
+        With x = x_t / sqrt(abar) and sigma^2 = (1 - abar) / abar, the target view of the
+        returned signal is ``c_skip x + c_out (A_t raw)`` (A_t has orthonormal rows):
+        near-identity at low noise, where the network output is scaled down by sigma, so
+        its errors cannot swamp the fine structure the last sampling steps resolve. The
+        input side (c_in) is in ``forward``.
+        """
+        assert self.schedule is not None
+        alpha_bar = self.schedule.alpha_bar(t).to(raw)[:, None]  # (B, 1); t may be fractional
+        sigma_sq = (1 - alpha_bar) / alpha_bar
+        data_var = self.data_std**2
+        c_skip = data_var / (sigma_sq + data_var)
+        c_out = (sigma_sq * data_var / (sigma_sq + data_var)).sqrt()
+        skip = target_params.transpose(-1, -2) @ (noisy_target / alpha_bar.sqrt())[..., None]
+        return c_out * raw + c_skip * skip.squeeze(-1)
 
 
 class RegressionBaseline(nn.Module):
@@ -440,24 +602,23 @@ class RegressionBaseline(nn.Module):
     """
 
     def __init__(
-        self, signal_dim: int, observation_dim: int, hidden: int = 256, depth: int = 4
+        self,
+        signal_dim: int,
+        observation_dim: int,
+        hidden: int = 256,
+        depth: int = 4,
+        fourier_features: int = 0,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        d, k = signal_dim, observation_dim
-        layers: list[nn.Module] = [nn.Linear(k + k * d + d, hidden), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        layers.append(nn.Linear(hidden, d))
-        self.mlp = nn.Sequential(*layers)
+        d = signal_dim
+        self.fourier = FourierFeatures(d * d + d, fourier_features, fourier_scale)
+        self.mlp = _mlp(self.fourier.out_features, hidden, depth, d)
         self.forward_model = SubspaceProjection()
 
     def predict(self, context: Context) -> Tensor:
         """S_hat (B, d) from a context with observation (B, k), params (B, k, d)."""
-        batch = context.observation.shape[0]
-        back = (context.params.transpose(-1, -2) @ context.observation[..., None]).squeeze(-1)
-        return self.mlp(
-            torch.cat([context.observation, context.params.reshape(batch, -1), back], dim=-1)
-        )
+        return self.mlp(self.fourier(_context_features(context)))
 
     def forward(
         self, batch: DFMBatch, *, generator: torch.Generator | None = None
@@ -572,10 +733,99 @@ def score_samples(samples: dict[str, Tensor]) -> PosteriorScores:
     return PosteriorScores(dfm=dfm, baseline=baseline, noise_floor=floor)
 
 
+_INIT_DFM, _INIT_BASELINE = 1000, 1001  # seed-stream tags of the initial weights
+
+
+@dataclass
+class ProjectionModelConfig:
+    """The DFM model and the regression baseline for a ``ProjectionProblem``.
+
+    The defaults are the ones the posterior-fidelity check (docs/benchmarks.md) uses.
+    """
+
+    hidden: int = 128
+    """Width of the MLPs (DFM predictor and regression baseline)."""
+    depth: int = 4
+    """Number of hidden layers of the MLPs."""
+    fourier_features: int = 64
+    """Random Fourier features of the context inputs (``FourierFeatures``); 0 = none."""
+    fourier_scale: float = 1.0
+    """Standard deviation of the Fourier frequencies."""
+    preconditioned: bool = True
+    """Skip connection and input scaling in the predictor (``ProjectionPredictor``)."""
+    context_consistent: bool = True
+    """Project predicted signals onto the signals that reproduce the context exactly
+    (a data-consistency layer; noiseless problems only)."""
+    context_dropout: float = 0.0
+    """Probability of dropping a sample's context in training (classifier-free
+    guidance); must be 0 with ``context_consistent``, which needs the context."""
+    loss_type: str = "l2"
+    """``l2`` (the paper) or ``l1`` distance of rendered and true observations."""
+    novel_weight: float = 1.0
+    """Weight of the novel-view loss (eq. 9)."""
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in ("l2", "l1"):
+            raise ValueError(f"model.loss_type: expected 'l2' or 'l1', got {self.loss_type!r}")
+        if self.context_consistent and self.context_dropout > 0:
+            raise ValueError(
+                "model.context_consistent needs the context in every training example; "
+                f"set model.context_dropout=0 (got {self.context_dropout}) or "
+                "model.context_consistent=false"
+            )
+
+    def check_noise(self, noise_std: float) -> None:
+        """Raise ValueError if the model cannot serve a problem with this observation noise."""
+        if self.context_consistent and noise_std > 0:
+            raise ValueError(
+                "model.context_consistent assumes noiseless observations; set "
+                f"model.context_consistent=false for problem.noise_std={noise_std}"
+            )
+
+    def build(
+        self, problem: ProjectionProblem, schedule: NoiseSchedule, seed: int = 0
+    ) -> tuple[ForwardDiffusion, RegressionBaseline]:
+        """Both models, with initial weights drawn from ``seed`` (global RNG untouched).
+
+        Raises:
+            ValueError: ``context_consistent`` with a noisy problem.
+        """
+        self.check_noise(problem.noise_std)
+        d, k = problem.signal_dim, problem.observation_dim
+        fourier = dict(fourier_features=self.fourier_features, fourier_scale=self.fourier_scale)
+        # The trainer seeds the global RNGs only once the model exists, so seed here:
+        # the initial weights are part of the experiment.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, _INIT_DFM))
+            predictor = ProjectionPredictor(
+                d,
+                k,
+                schedule.num_timesteps,
+                hidden=self.hidden,
+                depth=self.depth,
+                context_consistent=self.context_consistent,
+                schedule=schedule if self.preconditioned else None,
+                **fourier,
+            )
+            torch.manual_seed(derive_seed(seed, _INIT_BASELINE))
+            baseline = RegressionBaseline(d, k, hidden=self.hidden, depth=self.depth, **fourier)
+        diffusion = ForwardDiffusion(
+            predictor,
+            SubspaceProjection(),
+            schedule,
+            loss_type=self.loss_type,  # type: ignore[arg-type]
+            novel_weight=self.novel_weight,
+            context_dropout=self.context_dropout,
+        )
+        return diffusion, baseline
+
+
 @dataclass
 class ProjectionFitConfig:
     """How to fit DFM and the deterministic baseline to a ``ProjectionProblem``."""
 
+    model: ProjectionModelConfig = field(default_factory=ProjectionModelConfig)
+    """The two models."""
     steps: int = 20_000
     """Optimiser steps for the DFM model."""
     baseline_steps: int = 3_000
@@ -584,16 +834,12 @@ class ProjectionFitConfig:
     """Training examples per step."""
     lr: float = 1e-3
     """Peak learning rate (cosine decay to 1% after a short warm-up)."""
-    hidden: int = 128
-    """Width of the MLPs."""
-    depth: int = 4
-    """Number of hidden layers of the MLPs."""
-    context_consistent: bool = True
-    """Project predicted signals onto the context-consistent set (noiseless problems)."""
     num_timesteps: int = 1000
     """Diffusion steps T (cosine schedule)."""
+    ema_decay: float = 0.999
+    """Decay of the weights' exponential moving average (the models returned)."""
     seed: int = 0
-    """Seed of the training data and the trainer."""
+    """Seed of the model initialisation, the training data and the trainer."""
 
 
 def fit_projection_models(
@@ -609,20 +855,8 @@ def fit_projection_models(
     Returns the EMA weights of both models, in eval mode, on CPU.
     """
     run_dir = Path(run_dir)
-    d, k = problem.signal_dim, problem.observation_dim
-    predictor = ProjectionPredictor(
-        d,
-        k,
-        config.num_timesteps,
-        hidden=config.hidden,
-        depth=config.depth,
-        context_consistent=config.context_consistent,
-    )
     schedule = NoiseSchedule.from_name("cosine", config.num_timesteps)
-    # No context dropout: the data-consistency layer needs the context (see ProjectionPredictor).
-    dropout = 0.0 if config.context_consistent else 0.1
-    diffusion = ForwardDiffusion(predictor, SubspaceProjection(), schedule, context_dropout=dropout)
-    baseline = RegressionBaseline(d, k, hidden=config.hidden, depth=config.depth)
+    diffusion, baseline = config.model.build(problem, schedule, config.seed)
     fitted = []
     for name, model, steps in (
         ("dfm", diffusion, config.steps),
@@ -638,7 +872,7 @@ def fit_projection_models(
                 schedule="cosine",
                 min_lr_ratio=0.01,
             ),
-            ema_decay=0.999,
+            ema_decay=config.ema_decay,
             seed=config.seed,
             num_workers=0,
             log_every=max(1, min(100, steps)),

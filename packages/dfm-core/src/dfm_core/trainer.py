@@ -23,24 +23,7 @@ The trained object is an ``nn.Module`` whose forward pass computes the loss::
 
 Data
 ----
-A map-style ``torch.utils.data.Dataset`` (plus an optional ``collate_fn``). The trainer
-builds its own ``DataLoader`` around a :class:`ShardedBatchSampler`: each epoch is a
-permutation drawn from ``(seed, epoch)``; every optimiser step consumes the next
-``batch_size * world_size * grad_accum_steps`` positions, rank ``r`` taking a contiguous
-``batch_size`` slice of each micro-batch, so a DDP run sees exactly the global batches of
-a single-process run with ``batch_size * world_size``. Items left over at the end of an
-epoch that cannot fill a whole optimiser step are skipped. Resuming starts mid-epoch at
-the saved batch offset without loading the skipped items.
-
-Data randomness (augmentation, frame sampling) is resumable as well: before each
-``dataset[i]`` the global ``random``/``numpy``/``torch`` RNGs are seeded from
-``(seed, epoch, i)``, so an item's randomness depends on neither the rank, the batch
-size nor ``num_workers`` (in the main process the previous RNG states are restored
-afterwards). Datasets that draw from their own per-item generator instead (dfm-data's
-``item_rng(seed, epoch, index)``) get ``dataset.set_epoch(epoch)`` called, if they define
-it, before each epoch's workers start. ``worker_init_fn`` seeds each worker from
-``(seed, rank, epoch, worker)`` for whatever runs outside ``__getitem__`` (e.g.
-``collate_fn``).
+Item order, per-item seeding and sharding across ranks: see :mod:`dfm_core.data_order`.
 
 Distributed
 -----------
@@ -61,7 +44,6 @@ import functools
 import json
 import math
 import os
-import random
 import time
 import uuid
 import warnings
@@ -70,12 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dfm_core.checkpoint import (
@@ -85,7 +66,23 @@ from dfm_core.checkpoint import (
     load_weights,
     save_checkpoint,
 )
+from dfm_core.data_order import (
+    SEED_GENERATOR,
+    SEED_GLOBAL,
+    SEED_LOADER,
+    SeededItems,
+    ShardedBatchSampler,
+    derive_seed,
+    init_worker,
+    numpy_state,
+    python_state,
+    seed_globals,
+    set_numpy_state,
+    set_python_state,
+    worker_seed,
+)
 from dfm_core.ema import EMA
+from dfm_core.optim import OptimizerConfig, learning_rate_at
 from dfm_core.tree import tree_to
 
 __all__ = [
@@ -101,239 +98,8 @@ __all__ = [
 
 Callback = Callable[["Trainer", int], None]
 
-# Domain tags keep the seed streams of different consumers apart.
-_SEED_GLOBAL, _SEED_GENERATOR, _SEED_PERMUTATION, _SEED_ITEM, _SEED_WORKER, _SEED_LOADER = range(6)
-_OPTIMIZERS = ("adam", "adamw")
-_SCHEDULES = ("constant", "cosine")
-
-
-# ----------------------------------------------------------------------------- seeds
-
-
-def derive_seed(*keys: int) -> int:
-    """A 64-bit seed mixed from non-negative integer ``keys`` (numpy ``SeedSequence``).
-
-    Distinct key tuples give statistically independent seeds, unlike ``seed + rank``
-    schemes whose streams collide across (rank, worker) pairs.
-    """
-    if any(key < 0 for key in keys):
-        raise ValueError(f"derive_seed: keys must be non-negative, got {keys}")
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0])
-
-
-def worker_seed(seed: int, rank: int, epoch: int, worker_id: int) -> int:
-    """Seed of DataLoader worker ``worker_id`` on ``rank`` in ``epoch`` (distinct for each)."""
-    return derive_seed(seed, _SEED_WORKER, rank, epoch, worker_id)
-
-
-def _seed_globals(seed: int) -> None:
-    """Seed Python's, numpy's and torch's CPU global RNG (not CUDA's) from one 64-bit seed.
-
-    The legacy numpy global RNG is seeded on purpose: it is what datasets commonly draw
-    augmentation randomness from.
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
-    torch.default_generator.manual_seed(seed)
-
-
-def _init_worker(seed: int, rank: int, epoch: int, worker_id: int) -> None:
-    _seed_globals(worker_seed(seed, rank, epoch, worker_id))
-
-
-class _SeededItems(Dataset):
-    """Wraps a dataset so that ``dataset[i]`` runs with global RNGs seeded from (seed, epoch, i)."""
-
-    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        item_seed = derive_seed(self.seed, _SEED_ITEM, self.epoch, index)
-        if get_worker_info() is not None:  # a worker process: its RNGs are ours to set
-            _seed_globals(item_seed)
-            return self.dataset[index]
-        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())  # noqa: NPY002
-        try:
-            _seed_globals(item_seed)
-            return self.dataset[index]
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])  # noqa: NPY002
-            torch.set_rng_state(saved[2])
-
-
-# ----------------------------------------------------------------------------- sampler
-
-
-class ShardedBatchSampler(Sampler[list[int]]):
-    """Seeded, rank-sharded, resumable batch sampler over ``range(num_items)``.
-
-    Epoch ``e`` uses the permutation drawn from ``(seed, e)`` (identity if not
-    ``shuffle``). Micro-batch ``b`` covers permutation positions
-    ``[b * B * W, (b + 1) * B * W)``; rank ``r`` gets the slice starting at
-    ``b * B * W + r * B``. Trailing items that do not fill a whole optimiser step
-    (``B * W * grad_accum_steps`` items) are dropped, so all ranks yield the same number
-    of batches and accumulating ``A`` micro-batches of ``B`` sees exactly the items of
-    one batch of ``A * B``, epoch boundaries included.
-
-    Args:
-        num_items: dataset length.
-        batch_size: per-rank batch size ``B``.
-        world_size: number of ranks ``W``.
-        rank: this rank, in ``[0, W)``.
-        seed: base seed of the permutations.
-        epoch: which epoch's permutation to use.
-        start_batch: skip the first ``start_batch`` batches (resume mid-epoch); the
-            skipped items are never loaded.
-        shuffle: permute (``True``) or keep dataset order.
-        grad_accum_steps: micro-batches per optimiser step ``A`` (sets the drop unit).
-    """
-
-    def __init__(
-        self,
-        num_items: int,
-        batch_size: int,
-        *,
-        world_size: int = 1,
-        rank: int = 0,
-        seed: int = 0,
-        epoch: int = 0,
-        start_batch: int = 0,
-        shuffle: bool = True,
-        grad_accum_steps: int = 1,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"ShardedBatchSampler: batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"ShardedBatchSampler: need 0 <= rank < world_size, got rank={rank}, "
-                f"world_size={world_size}"
-            )
-        if start_batch < 0:
-            raise ValueError(f"ShardedBatchSampler: start_batch must be >= 0, got {start_batch}")
-        if grad_accum_steps < 1:
-            raise ValueError(
-                f"ShardedBatchSampler: grad_accum_steps must be >= 1, got {grad_accum_steps}"
-            )
-        self.num_items = num_items
-        self.batch_size = batch_size
-        self.world_size = world_size
-        self.rank = rank
-        self.seed = seed
-        self.epoch = epoch
-        self.start_batch = start_batch
-        self.shuffle = shuffle
-        self.grad_accum_steps = grad_accum_steps
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Micro-batches per epoch and rank (the same on every rank)."""
-        per_step = self.batch_size * self.world_size * self.grad_accum_steps
-        return self.num_items // per_step * self.grad_accum_steps
-
-    def permutation(self) -> Tensor:
-        """This epoch's order of the dataset indices, shape ``(num_items,)``."""
-        if not self.shuffle:
-            return torch.arange(self.num_items)
-        generator = torch.Generator().manual_seed(
-            derive_seed(self.seed, _SEED_PERMUTATION, self.epoch)
-        )
-        return torch.randperm(self.num_items, generator=generator)
-
-    def __len__(self) -> int:
-        return max(0, self.batches_per_epoch - self.start_batch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = self.permutation()
-        global_batch = self.batch_size * self.world_size
-        for b in range(self.start_batch, self.batches_per_epoch):
-            start = b * global_batch + self.rank * self.batch_size
-            yield order[start : start + self.batch_size].tolist()
-
 
 # ----------------------------------------------------------------------------- configs
-
-
-@dataclass
-class OptimizerConfig:
-    """Optimiser and learning-rate schedule."""
-
-    name: str = "adamw"
-    """``"adam"`` (L2 weight decay) or ``"adamw"`` (decoupled weight decay)."""
-    lr: float = 1e-4
-    """Peak learning rate, reached at the end of warm-up."""
-    betas: tuple[float, float] = (0.9, 0.99)
-    """Adam moment decay rates; the original DFM used ``(0.9, 0.99)``."""
-    eps: float = 1e-8
-    """Adam denominator epsilon."""
-    weight_decay: float = 0.0
-    """Weight decay applied to every trainable parameter."""
-    warmup_steps: int = 1000
-    """Linear warm-up length in optimiser steps: update ``s`` (0-based) uses ``lr * (s + 1) / warmup_steps``."""
-    schedule: str = "constant"
-    """After warm-up: ``"constant"`` or ``"cosine"`` decay to ``min_lr_ratio * lr`` at ``max_steps``."""
-    min_lr_ratio: float = 0.0
-    """Final learning rate of the cosine schedule, as a fraction of ``lr``."""
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        if self.name not in _OPTIMIZERS:
-            raise ValueError(
-                f"OptimizerConfig.name must be one of {_OPTIMIZERS}, got {self.name!r}"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"OptimizerConfig.lr must be > 0, got {self.lr!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(
-                f"OptimizerConfig.betas must be two values in [0, 1), got {self.betas!r}"
-            )
-        if not self.eps > 0:
-            raise ValueError(f"OptimizerConfig.eps must be > 0, got {self.eps!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(
-                f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay!r}"
-            )
-        if self.warmup_steps < 0:
-            raise ValueError(
-                f"OptimizerConfig.warmup_steps must be >= 0, got {self.warmup_steps!r}"
-            )
-        if self.schedule not in _SCHEDULES:
-            raise ValueError(
-                f"OptimizerConfig.schedule must be one of {_SCHEDULES}, got {self.schedule!r}"
-            )
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(
-                f"OptimizerConfig.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}"
-            )
-
-    def build(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
-        """The optimiser over ``params`` (learning rate set per step by the trainer)."""
-        cls = torch.optim.AdamW if self.name == "adamw" else torch.optim.Adam
-        return cls(
-            params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
-        )
-
-
-def learning_rate_at(config: OptimizerConfig, step: int, total_steps: int) -> float:
-    """Learning rate of optimiser update ``step`` (0-based) in a run of ``total_steps``.
-
-    ``lr * (step + 1) / warmup_steps`` during warm-up (so the first update is not
-    wasted at zero), then ``lr`` (constant) or the cosine
-    ``min + (lr - min) * (1 + cos(pi * p)) / 2`` with
-    ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` clipped to ``[0, 1]``.
-    """
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return config.lr
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
-    low = config.lr * config.min_lr_ratio
-    return low + (config.lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -443,38 +209,6 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------- trainer
 
 
-def _numpy_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
-    return {
-        "name": name,
-        "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached_gaussian": float(cached),
-    }
-
-
-def _set_numpy_state(state: Mapping[str, Any]) -> None:
-    keys = state["keys"].numpy().astype(np.uint32)
-    np.random.set_state(  # noqa: NPY002
-        (state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"])
-    )
-
-
-def _python_state() -> dict[str, Any]:
-    version, internal, gauss_next = random.getstate()
-    return {
-        "version": version,
-        "internal": torch.tensor(internal, dtype=torch.int64),
-        "gauss_next": gauss_next,
-    }
-
-
-def _set_python_state(state: Mapping[str, Any]) -> None:
-    internal = tuple(int(x) for x in state["internal"].tolist())
-    random.setstate((state["version"], internal, state["gauss_next"]))
-
-
 class Trainer:
     """Trains a loss-returning module (see the module docstring for the contract).
 
@@ -544,11 +278,11 @@ class Trainer:
             )
         self.num_items = num_items
 
-        _seed_globals(derive_seed(config.seed, _SEED_GLOBAL, self.rank))
+        seed_globals(derive_seed(config.seed, SEED_GLOBAL, self.rank))
         if self.device.type == "cuda":
-            torch.cuda.manual_seed(derive_seed(config.seed, _SEED_GLOBAL, self.rank, 1))
+            torch.cuda.manual_seed(derive_seed(config.seed, SEED_GLOBAL, self.rank, 1))
         self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(derive_seed(config.seed, _SEED_GENERATOR, self.rank))
+        self.generator.manual_seed(derive_seed(config.seed, SEED_GENERATOR, self.rank))
 
         self.module = model.to(self.device).train()
         self._ddp: DistributedDataParallel | None = None
@@ -680,16 +414,16 @@ class Trainer:
             if callable(set_epoch):  # before the workers fork, so they see it too
                 set_epoch(self.epoch)
             loader = DataLoader(
-                _SeededItems(self.dataset, cfg.seed, self.epoch),
+                SeededItems(self.dataset, cfg.seed, self.epoch),
                 batch_sampler=sampler,
                 num_workers=cfg.num_workers,
                 collate_fn=self.collate_fn,
                 pin_memory=pin,
-                worker_init_fn=functools.partial(_init_worker, cfg.seed, self.rank, self.epoch),
+                worker_init_fn=functools.partial(init_worker, cfg.seed, self.rank, self.epoch),
                 # A dedicated generator: DataLoader draws its base seed from it, which
                 # would otherwise consume the global torch RNG and break exact resume.
                 generator=torch.Generator().manual_seed(
-                    derive_seed(cfg.seed, _SEED_LOADER, self.rank, self.epoch)
+                    derive_seed(cfg.seed, SEED_LOADER, self.rank, self.epoch)
                 ),
             )
             for batch in loader:
@@ -856,8 +590,8 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "numpy": _numpy_state(),
-            "python": _python_state(),
+            "numpy": numpy_state(),
+            "python": python_state(),
         }
 
     def _set_rng_state(self, state: Mapping[str, Any]) -> None:
@@ -865,8 +599,8 @@ class Trainer:
         torch.set_rng_state(state["torch"])
         if self.device.type == "cuda" and state["cuda"] is not None:
             torch.cuda.set_rng_state(state["cuda"], self.device)
-        _set_numpy_state(state["numpy"])
-        _set_python_state(state["python"])
+        set_numpy_state(state["numpy"])
+        set_python_state(state["python"])
 
     def checkpoint_config(self) -> dict[str, Any]:
         """The config stored with every checkpoint: trainer settings plus ``run_config``."""
@@ -961,9 +695,9 @@ class Trainer:
                 f"{self.world_size}; RNG streams are reseeded, so the run is not bit-identical",
                 stacklevel=2,
             )
-            _seed_globals(derive_seed(self.config.seed, _SEED_GLOBAL, self.rank, self.step))
+            seed_globals(derive_seed(self.config.seed, SEED_GLOBAL, self.rank, self.step))
             self.generator.manual_seed(
-                derive_seed(self.config.seed, _SEED_GENERATOR, self.rank, self.step)
+                derive_seed(self.config.seed, SEED_GENERATOR, self.rank, self.step)
             )
         self._last_saved_step = self.step
         if self.is_main:
