@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -456,6 +457,7 @@ class FourierFeatures(nn.Module):
             raise ValueError(
                 f"FourierFeatures: expected num_frequencies >= 0 and scale > 0, got {num_frequencies}, {scale}"
             )
+        self.frequencies: Tensor
         self.register_buffer("frequencies", scale * torch.randn(in_features, num_frequencies))
         self.out_features = in_features + 2 * num_frequencies
 
@@ -792,7 +794,9 @@ class ProjectionModelConfig:
         """
         self.check_noise(problem.noise_std)
         d, k = problem.signal_dim, problem.observation_dim
-        fourier = dict(fourier_features=self.fourier_features, fourier_scale=self.fourier_scale)
+        fourier: dict[str, Any] = dict(
+            fourier_features=self.fourier_features, fourier_scale=self.fourier_scale
+        )
         # The trainer seeds the global RNGs only once the model exists, so seed here:
         # the initial weights are part of the experiment.
         with torch.random.fork_rng(devices=[]):
