@@ -8,21 +8,21 @@ import torch
 
 from dfm_core.diffusion import Context
 from dfm_core.metrics import energy_distance, sliced_wasserstein
-from dfm_core.sampling import sample_ddim
-from dfm_core.schedules import NoiseSchedule
 from dfm_core.projection_problem import (
+    FourierFeatures,
     GaussianMixture,
     ProjectionDataset,
-    ProjectionProblem,
-    SubspaceProjection,
-    FourierFeatures,
     ProjectionPredictor,
+    ProjectionProblem,
     RegressionBaseline,
+    SubspaceProjection,
     complement_projections,
     exact_denoiser,
     exact_posterior,
     random_projections,
 )
+from dfm_core.sampling import sample_ddim
+from dfm_core.schedules import NoiseSchedule
 
 
 def mixture_pdf(points: np.ndarray, prior: GaussianMixture) -> np.ndarray:
