@@ -66,7 +66,7 @@ if TYPE_CHECKING:
         timestep_embedding,
     )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The DiT pulls in timm, which takes seconds to import; only pay for it when used.
 _LAZY_DIT = {

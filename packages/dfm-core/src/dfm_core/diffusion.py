@@ -192,6 +192,11 @@ class ForwardDiffusion(nn.Module):
                 f"snr_weight: expected (low, high) with 0 <= low <= high, got {snr_weight}"
             )
         self.snr_weight = snr_weight
+        self._snr_weights: Tensor | None = None
+        if snr_weight is not None:
+            snr = schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)
+            weights = snr.clamp(*snr_weight)
+            self._snr_weights = (weights / weights.mean()).float()  # one per timestep
         self.predictor = predictor
         self.forward_model = forward_model
         self.schedule = schedule
@@ -261,13 +266,9 @@ class ForwardDiffusion(nn.Module):
 
     def loss_weight(self, t: Tensor) -> Tensor | None:
         """Per-sample loss weights (B,) for integer timesteps t (B,); None if uniform."""
-        if self.snr_weight is None:
+        if self._snr_weights is None:
             return None
-        low, high = self.snr_weight
-        all_snr = self.schedule.alphas_cumprod / (1 - self.schedule.alphas_cumprod)
-        all_weights = all_snr.clamp(low, high)
-        weights = all_weights.to(t.device)[t.long()] / all_weights.mean()
-        return weights.float()
+        return self._snr_weights.to(t.device)[t.long()]
 
     def _distance(self, prediction: Tensor, reference: Tensor, weight: Tensor | None) -> Tensor:
         if prediction.shape != reference.shape:

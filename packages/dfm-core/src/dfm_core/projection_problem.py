@@ -423,17 +423,15 @@ def _back_project(params: Tensor, observation: Tensor) -> Tensor:
     return (params.transpose(-1, -2) @ observation[..., None]).squeeze(-1)
 
 
-def _context_features(context: Context) -> Tensor:
+def _context_features(projector: Tensor, back_projection: Tensor) -> Tensor:
     """What a context says, independent of the basis its k x d matrix happens to use.
 
     Any orthonormal basis R A of the same subspace, with observation R O, describes the
-    same measurement; the projector A^T A and the back-projection A^T O are invariant to
-    R, so the network need not learn that symmetry (the analogue of pixelNeRF working in
-    camera-relative geometry). Shape (B, d*d + d).
+    same measurement; the projector A^T A (B, d, d) and the back-projection A^T O (B, d)
+    are invariant to R, so the network need not learn that symmetry (the analogue of
+    pixelNeRF working in camera-relative geometry). Shape (B, d*d + d).
     """
-    batch = context.observation.shape[0]
-    projector = _projector(context.params).reshape(batch, -1)
-    return torch.cat([projector, _back_project(context.params, context.observation)], dim=-1)
+    return torch.cat([projector.flatten(1), back_projection], dim=-1)
 
 
 class FourierFeatures(nn.Module):
@@ -526,7 +524,7 @@ class ProjectionPredictor(nn.Module):
     def forward(
         self, context: Context, noisy_target: Tensor, t: Tensor, target_params: Tensor
     ) -> Tensor:
-        batch, d = noisy_target.shape[0], self.signal_dim
+        d = self.signal_dim
         if noisy_target.shape[1:] != (self.observation_dim,) or target_params.shape[1:] != (
             self.observation_dim,
             d,
@@ -537,23 +535,26 @@ class ProjectionPredictor(nn.Module):
                 f"{tuple(noisy_target.shape)} and {tuple(target_params.shape)}"
             )
         target_input = noisy_target
+        alpha_bar = None
         if self.schedule is not None:
+            alpha_bar = self.schedule.alpha_bar(t).to(noisy_target)[:, None]  # (B, 1)
             # c_in = sqrt(abar): the informative part of x_t, which fades as noise grows,
             # so the network need not learn to gate out pure noise by itself.
-            target_input = (
-                noisy_target * self.schedule.alpha_bar(t).to(noisy_target)[:, None].sqrt()
-            )
+            target_input = noisy_target * alpha_bar.sqrt()
+        context_projector = _projector(context.params)
+        target_projector = _projector(target_params)
+        back_context = _back_project(context.params, context.observation)
+        back_target = _back_project(target_params, target_input)
         # What the context and the choice of target view say: the posterior's mode
         # weights are sharp functions of it, hence the Fourier lift. The noisy target
         # enters raw; its influence is smooth at the noise levels where it matters.
         known = torch.cat(
-            [_context_features(context), _projector(target_params).reshape(batch, -1)], dim=-1
+            [_context_features(context_projector, back_context), target_projector.flatten(1)],
+            dim=-1,
         )
-        back_target = _back_project(target_params, target_input)
         # Ridge least squares of [A_c; A_t] S = [O_c; O_t]: no prior involved.
-        gram = _projector(context.params) + _projector(target_params)
+        gram = context_projector + target_projector
         gram = gram + 1e-2 * torch.eye(d, device=gram.device, dtype=gram.dtype)
-        back_context = _back_project(context.params, context.observation)
         least_squares = torch.linalg.solve(gram, (back_context + back_target)[..., None])
         features = torch.cat(
             [
@@ -565,8 +566,8 @@ class ProjectionPredictor(nn.Module):
             dim=-1,
         )
         signal = self.mlp(features)
-        if self.schedule is not None:
-            signal = self._precondition(signal, noisy_target, t, target_params)
+        if alpha_bar is not None:
+            signal = self._precondition(signal, noisy_target, alpha_bar, target_params)
         if self.context_consistent:
             residual = context.observation - (context.params @ signal[..., None]).squeeze(
                 -1
@@ -575,7 +576,7 @@ class ProjectionPredictor(nn.Module):
         return signal
 
     def _precondition(
-        self, raw: Tensor, noisy_target: Tensor, t: Tensor, target_params: Tensor
+        self, raw: Tensor, noisy_target: Tensor, alpha_bar: Tensor, target_params: Tensor
     ) -> Tensor:
         """Preconditioning (after Karras et al. 2022, eq. 7) seen through the forward model.
 
@@ -584,9 +585,10 @@ class ProjectionPredictor(nn.Module):
         near-identity at low noise, where the network output is scaled down by sigma, so
         its errors cannot swamp the fine structure the last sampling steps resolve. The
         input side (c_in) is in ``forward``.
+
+        Args:
+            raw: network output (B, d); noisy_target: x_t (B, k); alpha_bar: (B, 1).
         """
-        assert self.schedule is not None
-        alpha_bar = self.schedule.alpha_bar(t).to(raw)[:, None]  # (B, 1); t may be fractional
         sigma_sq = (1 - alpha_bar) / alpha_bar
         data_var = self.data_std**2
         c_skip = data_var / (sigma_sq + data_var)
@@ -620,7 +622,10 @@ class RegressionBaseline(nn.Module):
 
     def predict(self, context: Context) -> Tensor:
         """S_hat (B, d) from a context with observation (B, k), params (B, k, d)."""
-        return self.mlp(self.fourier(_context_features(context)))
+        features = _context_features(
+            _projector(context.params), _back_project(context.params, context.observation)
+        )
+        return self.mlp(self.fourier(features))
 
     def forward(
         self, batch: DFMBatch, *, generator: torch.Generator | None = None
