@@ -43,7 +43,7 @@ def make_batch(batch_size=6, d=3, k=2, seed=0):
 def test_loss_terms_match_a_hand_computation():
     batch, _ = make_batch()
     predicted = torch.randn(6, 3, generator=torch.Generator().manual_seed(5))
-    reg = lambda signal, batch, t: signal.square().mean()  # noqa: E731
+    reg = lambda inputs: inputs.signal.square().mean()  # noqa: E731
     model = ForwardDiffusion(
         Recorder(predicted),
         SubspaceProjection(),
@@ -183,3 +183,112 @@ def test_bad_configuration_and_shapes_are_named():
         ValueError, match=r"forward model output has shape \(6, 3\) .* shape \(6, 2\)"
     ):
         wrong(batch, generator=torch.Generator().manual_seed(0))
+
+
+# ---- the contract's hooks for heavier forward models (dfm-core 0.3) -------------------
+
+
+class ConditionRecorder(Recorder):
+    """Encodes (context, target_params) together, as a context-only estimate at the target would."""
+
+    def encode_condition(self, context, target_params):
+        self.encodes += 1
+        return ("encoded", context, target_params)
+
+
+def test_encode_condition_sees_target_params_once_per_run_and_step():
+    batch, _ = make_batch(batch_size=4)
+    recorder = ConditionRecorder(torch.randn(4, 3))
+    model = ForwardDiffusion(recorder, SubspaceProjection(), SCHEDULE)
+    condition = model.condition(batch.context, batch.target_params)
+    denoiser = model.denoiser(condition)
+    for t in (90.0, 50.0, 10.0):
+        denoiser(torch.randn(4, 2), torch.full((4,), t))
+    assert recorder.encodes == 1  # not once per denoising step
+    tag, context, target_params = recorder.calls[-1][0]
+    assert tag == "encoded" and target_params is batch.target_params
+    model(batch, generator=torch.Generator().manual_seed(0))
+    assert recorder.encodes == 2  # once per training step
+    assert recorder.calls[-1][0][2] is batch.target_params
+
+
+class PixelSubset:
+    """Projection followed by picking observation coordinates: a 'patch' of the observation."""
+
+    def __call__(self, signal, params):
+        projection, coords = params if isinstance(params, tuple) else (params, None)
+        full = (projection @ signal[..., None]).squeeze(-1)
+        return full if coords is None else full[:, coords]
+
+
+def test_target_loss_on_a_subset_while_the_network_sees_the_full_target():
+    batch, _ = make_batch(batch_size=5, d=4, k=3)
+    predicted = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    recorder = Recorder(predicted)
+    coords = [0, 2]
+    subset = DFMBatch(
+        batch.context,
+        batch.target,
+        batch.target_params,
+        target_loss_params=(batch.target_params, coords),
+        target_loss_observation=batch.target[:, coords],
+    )
+    model = ForwardDiffusion(recorder, PixelSubset(), SCHEDULE)
+    terms = model(subset, generator=torch.Generator().manual_seed(0))
+    assert recorder.calls[0][1].shape == batch.target.shape  # the full noisy target
+    full = (batch.target_params @ predicted[..., None]).squeeze(-1)
+    expected = (full[:, coords] - batch.target[:, coords]).square().mean()
+    assert torch.allclose(terms["target"], expected)
+    with pytest.raises(ValueError, match="go together"):
+        DFMBatch(batch.context, batch.target, batch.target_params, target_loss_params=(1, 2))
+
+
+class Rendering:
+    def __init__(self, observation, aux):
+        self.observation, self.aux = observation, aux
+
+
+class CountingRenderer:
+    """Returns an observation plus an auxiliary, counting renders."""
+
+    def __init__(self):
+        self.renders = 0
+
+    def __call__(self, signal, params):
+        self.renders += 1
+        observation = (params @ signal[..., None]).squeeze(-1)
+        return Rendering(observation, aux=signal.square().sum(-1))
+
+
+def test_regularizers_read_render_auxiliaries_without_rendering_again():
+    batch, _ = make_batch(batch_size=6)
+    predicted = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    renderer = CountingRenderer()
+    seen = {}
+
+    def aux_term(inputs):
+        seen["inputs"] = inputs
+        return inputs.target_render.aux.mean() + inputs.novel_render.aux.mean()
+
+    model = ForwardDiffusion(
+        ConditionRecorder(predicted),
+        renderer,
+        SCHEDULE,
+        context_dropout=0.5,
+        regularizers={"aux": (0.25, aux_term)},
+    )
+    terms = model(batch, generator=torch.Generator().manual_seed(0))
+    assert renderer.renders == 2  # target and novel, nothing rendered twice for the term
+    assert torch.allclose(terms["aux"], 2 * predicted.square().sum(-1).mean())
+    inputs = seen["inputs"]
+    assert inputs.condition[0] == "encoded" and inputs.signal is not None
+    assert inputs.keep.dtype == torch.bool and inputs.keep.shape == (6,)
+    dropped = inputs.condition[1].observation[:, 0] == 0
+    assert torch.equal(dropped, ~inputs.keep)
+    assert inputs.t.shape == (6,)
+    total = terms["target"] + terms["novel"] + 0.25 * terms["aux"]
+    assert torch.allclose(terms["loss"], total)
+    # The denoiser reads the observation of a Rendering-like output too.
+    denoiser = model.denoiser(model.condition(batch.context, batch.target_params))
+    out = denoiser(torch.randn(6, 2), torch.full((6,), 10.0))
+    assert torch.allclose(out.x0, (batch.target_params @ predicted[..., None]).squeeze(-1))

@@ -20,9 +20,11 @@ from dfm_core.diffusion import (
     DFMBatch,
     ForwardDiffusion,
     ForwardModel,
+    LossInputs,
     Regularizer,
     SignalPredictor,
     drop_context,
+    observation_of,
 )
 from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
 from dfm_core.metrics import energy_distance, sliced_wasserstein
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
         timestep_embedding,
     )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # The DiT pulls in timm, which takes seconds to import; only pay for it when used.
 _LAZY_DIT = {
@@ -101,6 +103,7 @@ __all__ = [
     "DiTConfig",
     "ForwardDiffusion",
     "ForwardModel",
+    "LossInputs",
     "NoiseSchedule",
     "NonFiniteLossError",
     "OptimizerConfig",
@@ -124,6 +127,7 @@ __all__ = [
     "latest_checkpoint",
     "load_train_state",
     "load_weights",
+    "observation_of",
     "reconstruction_guidance",
     "sample",
     "sample_ddim",

@@ -15,6 +15,23 @@ denoised estimate ``x0_hat = forward(S_hat, phi^trgt)``; the final S_hat is the 
 
 Nothing here knows what a signal, an observation or a parameter is: applications plug
 in a forward model, a signal predictor and the batches that carry their parameters.
+
+Three hooks serve forward models heavier than a projection (a volume renderer, say),
+each generic:
+
+* **Work done once per sample.** A predictor may define ``encode_context(context)``
+  (depends on the context only) or ``encode_condition(context, target_params)`` (also on
+  the target's parameters, e.g. a context-only estimate rendered at the target camera).
+  The core calls it once per training step and once per sampling run, never per
+  denoising step.
+* **Losses on a subset of the observation.** ``DFMBatch.target_loss_params`` /
+  ``target_loss_observation`` let the target loss render the signal at other parameters
+  than those the network sees (a random patch of the target view, while the network
+  sees the whole noisy target image).
+* **Render auxiliaries.** A forward model may return a ``Rendering``-like object (any
+  object with an ``observation`` tensor attribute) instead of a tensor, carrying extras
+  such as depth or compositing weights. The core compares ``observation`` and hands the
+  whole object to the regularisers (``LossInputs``), so nothing is rendered twice.
 """
 
 from __future__ import annotations
@@ -36,9 +53,11 @@ __all__ = [
     "DFMBatch",
     "ForwardDiffusion",
     "ForwardModel",
+    "LossInputs",
     "Regularizer",
     "SignalPredictor",
     "drop_context",
+    "observation_of",
 ]
 
 
@@ -49,9 +68,26 @@ class ForwardModel(Protocol):
     ``forward(signal, params) -> observation`` of shape (B, *obs_shape). ``signal`` is
     opaque to the core (a radiance field, a flow field, a StyleGAN ``w`` code...).
     Must be differentiable in ``signal``.
+
+    The return value may also be any object with an ``observation`` tensor attribute
+    (plus whatever auxiliaries the application wants regularisers to read, e.g. depth);
+    see ``observation_of``.
     """
 
-    def __call__(self, signal: Any, params: Any) -> Tensor: ...
+    def __call__(self, signal: Any, params: Any) -> Any: ...
+
+
+def observation_of(rendered: Any) -> Tensor:
+    """The observation tensor of a forward-model output (a tensor, or ``.observation``)."""
+    if isinstance(rendered, Tensor):
+        return rendered
+    observation = getattr(rendered, "observation", None)
+    if not isinstance(observation, Tensor):
+        raise TypeError(
+            "forward model must return a Tensor or an object with an `observation` tensor, "
+            f"got {type(rendered).__name__}"
+        )
+    return observation
 
 
 @runtime_checkable
@@ -64,9 +100,12 @@ class SignalPredictor(Protocol):
         t: float timesteps, shape (B,), in [0, T-1]; may be fractional at sampling time.
         target_params: forward-model parameters of the target observation.
 
-    A predictor may also define ``encode_context(context) -> encoded``. The core then
-    calls it once per sample (not once per denoising step) and hands the encoded
-    context to ``__call__``; this is where expensive per-context work belongs.
+    A predictor may also define ``encode_context(context) -> encoded``, or
+    ``encode_condition(context, target_params) -> encoded`` when the work also depends
+    on the target's parameters (the latter wins if both exist). The core calls it once
+    per sample (once per training step, once per sampling run, never per denoising
+    step) and hands the result to ``__call__`` as ``context``; this is where expensive
+    per-sample work belongs.
     """
 
     def __call__(
@@ -114,6 +153,12 @@ class DFMBatch:
         novel: observation(s) at parameters the network never sees, any shape that
             ``forward(signal, novel_params)`` produces; None disables the novel loss.
         novel_params: phi^novel.
+        target_loss_params: parameters at which the target loss (eq. 8) renders the
+            signal; None uses ``target_params``. For a loss on part of the target (a
+            random patch, a pixel subset) while the network sees the whole noisy target.
+        target_loss_observation: the clean observation at ``target_loss_params``, the
+            shape the forward model produces there; required with
+            ``target_loss_params``.
     """
 
     context: Context
@@ -121,6 +166,15 @@ class DFMBatch:
     target_params: Any
     novel: Tensor | None = None
     novel_params: Any = None
+    target_loss_params: Any = None
+    target_loss_observation: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.target_loss_params is None) != (self.target_loss_observation is None):
+            raise ValueError(
+                "DFMBatch: target_loss_params and target_loss_observation go together; "
+                "give both or neither"
+            )
 
 
 @dataclass(frozen=True)
@@ -131,10 +185,34 @@ class Condition:
     target_params: Any
 
 
-class Regularizer(Protocol):
-    """A named extra loss term: ``(signal, batch, t) -> scalar``."""
+@dataclass(frozen=True)
+class LossInputs:
+    """Everything one training step computed, for the regularisers to read.
 
-    def __call__(self, signal: Any, batch: DFMBatch, t: Tensor) -> Tensor: ...
+    Attributes:
+        batch: the training batch.
+        t: (B,) integer timesteps drawn for the step.
+        keep: (B,) bool, False where the sample's context was dropped (CFG).
+        condition: what the predictor's encode hook returned for the (dropped) context.
+        signal: the predicted signal.
+        target_render: forward-model output at the target-loss parameters (a tensor or
+            an object with ``observation`` and auxiliaries).
+        novel_render: the same at ``novel_params``; None without a novel view.
+    """
+
+    batch: DFMBatch
+    t: Tensor
+    keep: Tensor
+    condition: Any
+    signal: Any
+    target_render: Any
+    novel_render: Any = None
+
+
+class Regularizer(Protocol):
+    """A named extra loss term: ``(inputs: LossInputs) -> scalar``."""
+
+    def __call__(self, inputs: LossInputs) -> Tensor: ...
 
 
 @dataclass
@@ -244,23 +322,29 @@ class ForwardDiffusion(nn.Module):
         )
         context = drop_context(batch.context, keep)
 
+        condition = self.encode(context, batch.target_params)
         signal = self.predictor(
-            self.encode_context(context), noisy_target, t.to(target.dtype), batch.target_params
+            condition, noisy_target, t.to(target.dtype), batch.target_params
         )
         weight = self.loss_weight(t)
         terms: dict[str, Tensor] = {}
-        terms["target"] = self._distance(
-            self.forward_model(signal, batch.target_params), target, weight
-        )
+        if batch.target_loss_params is None:
+            loss_params, loss_observation = batch.target_params, target
+        else:
+            loss_params, loss_observation = batch.target_loss_params, batch.target_loss_observation
+        target_render = self.forward_model(signal, loss_params)
+        terms["target"] = self._distance(observation_of(target_render), loss_observation, weight)
         total = terms["target"]
+        novel_render = None
         if batch.novel is not None:
-            terms["novel"] = self._distance(
-                self.forward_model(signal, batch.novel_params), batch.novel, weight
-            )
+            novel_render = self.forward_model(signal, batch.novel_params)
+            terms["novel"] = self._distance(observation_of(novel_render), batch.novel, weight)
             total = total + self.novel_weight * terms["novel"]
-        for name, term in self.regularizers.items():
-            terms[name] = term.fn(signal, batch, t)
-            total = total + term.weight * terms[name]
+        if self.regularizers:
+            inputs = LossInputs(batch, t, keep, condition, signal, target_render, novel_render)
+            for name, term in self.regularizers.items():
+                terms[name] = term.fn(inputs)
+                total = total + term.weight * terms[name]
         terms["loss"] = total
         return terms
 
@@ -284,10 +368,13 @@ class ForwardDiffusion(nn.Module):
         return (weight.to(per_sample.dtype) * per_sample).mean()
 
     # ---- sampling ----------------------------------------------------------------------
-    def encode_context(self, context: Any) -> Any:
-        """Run the predictor's optional ``encode_context`` (once per sample)."""
-        encode = getattr(self.predictor, "encode_context", None)
-        return encode(context) if callable(encode) else context
+    def encode(self, context: Any, target_params: Any) -> Any:
+        """Run the predictor's encode hook (once per sample), see ``SignalPredictor``."""
+        encode_condition = getattr(self.predictor, "encode_condition", None)
+        if callable(encode_condition):
+            return encode_condition(context, target_params)
+        encode_context = getattr(self.predictor, "encode_context", None)
+        return encode_context(context) if callable(encode_context) else context
 
     def condition(self, context: Context, target_params: Any, *, drop: bool = False) -> Condition:
         """Encode a context once for a whole sampling run.
@@ -303,7 +390,7 @@ class ForwardDiffusion(nn.Module):
                 context.observation.shape[0], dtype=torch.bool, device=context.observation.device
             )
             context = drop_context(context, keep)
-        return Condition(self.encode_context(context), target_params)
+        return Condition(self.encode(context, target_params), target_params)
 
     def denoise(self, x_t: Tensor, t: Tensor, condition: Condition) -> Denoised:
         """Predict the signal from x_t and render it at the target parameters.
@@ -317,7 +404,8 @@ class ForwardDiffusion(nn.Module):
             ``Denoised(x0=forward(signal, phi^trgt), signal=signal)``.
         """
         signal = self.predictor(condition.context, x_t, t, condition.target_params)
-        return Denoised(x0=self.forward_model(signal, condition.target_params), signal=signal)
+        x0 = observation_of(self.forward_model(signal, condition.target_params))
+        return Denoised(x0=x0, signal=signal)
 
     def denoiser(self, condition: Condition) -> Callable[[Tensor, Tensor], Denoised]:
         """Bind a condition, giving the ``denoiser(x_t, t)`` callable samplers take."""

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dfm_core.diffusion import observation_of
 from dfm_core.sampling import Denoised, Denoiser
 from dfm_core.schedules import NoiseSchedule
 from dfm_core.tree import tree_cat, tree_index, tree_map
@@ -77,7 +78,8 @@ def reconstruction_guidance(
     Args:
         denoiser: any denoiser, e.g. from ``ForwardDiffusion.denoiser`` or CFG.
         schedule: noise process, for abar_t.
-        forward_model: ``forward(signal, params) -> observation``.
+        forward_model: ``forward(signal, params) -> observation`` (or an object with an
+            ``observation`` attribute, see ``observation_of``).
         context_observation: O^ctxt, shape (B, ...).
         context_params: phi^ctxt.
         weight: w_r >= 0.
@@ -89,7 +91,7 @@ def reconstruction_guidance(
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             out = denoiser(x, t)
-            rendered = forward_model(out.signal, context_params)
+            rendered = observation_of(forward_model(out.signal, context_params))
             if rendered.shape != context_observation.shape:
                 raise ValueError(
                     f"context_observation: shape {tuple(context_observation.shape)} does not match the "
