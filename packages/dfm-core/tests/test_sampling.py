@@ -6,7 +6,10 @@ so a correct sampler driven by it must reproduce N(mu, s^2 I).
 """
 
 import math
+import warnings
+from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,8 +23,10 @@ from dfm_core.sampling import (
     sample,
     sample_ddim,
     sample_ddpm,
+    sample_dpmpp_2m,
+    sample_edm,
 )
-from dfm_core.schedules import NoiseSchedule
+from dfm_core.schedules import NoiseSchedule, schedule_cosine, schedule_linear
 
 SCHEDULE = NoiseSchedule.from_name("cosine", 1000)
 
@@ -35,6 +40,7 @@ STOCHASTIC = {
 }
 DETERMINISTIC = {
     "ddim": {"eta": 0.0, "steps": 100},
+    "dpmpp_2m": {"steps": 20},
     "edm": {"steps": 20},
 }
 
@@ -108,7 +114,7 @@ def test_final_observation_is_the_final_denoised_estimate(name):
     assert torch.allclose(out.signal, 2 * out.observation)
 
 
-@pytest.mark.parametrize("name,options", sorted(STOCHASTIC.items()))
+@pytest.mark.parametrize("name,options", [*STOCHASTIC.items(), *DETERMINISTIC.items()])
 def test_per_sample_seeding_is_independent_of_batch_position(name, options):
     denoiser = gaussian_oracle(torch.tensor([0.1, 0.2]), 0.4)
     alone = sample(
@@ -179,10 +185,10 @@ def test_ddim_with_eta_one_is_ancestral_ddpm():
     assert torch.allclose(ddim.observation, ddpm.observation, atol=1e-5)
 
 
-def test_original_spacing_reproduces_the_dfm_code():
-    assert ddim_timesteps(1000, 50, "original")[:3] == [999, 979, 959]
-    assert ddim_timesteps(1000, 50, "original")[-3:] == [39, 19, -1]
-    assert ddim_timesteps(1000, 10, "original") == [
+def test_dfm_spacing_reproduces_the_dfm_code():
+    assert ddim_timesteps(1000, 50, "dfm")[:3] == [999, 979, 959]
+    assert ddim_timesteps(1000, 50, "dfm")[-3:] == [39, 19, -1]
+    assert ddim_timesteps(1000, 10, "dfm") == [
         999,
         899,
         799,
@@ -195,8 +201,197 @@ def test_original_spacing_reproduces_the_dfm_code():
         99,
         -1,
     ]
-    trailing = ddim_timesteps(1000, 1000, "trailing")
-    assert trailing == [*range(999, -1, -1), -1]
+    assert ddim_timesteps(1000, 1000, "linspace") == [*range(999, -1, -1), -1]
+
+
+def diffusers_linspace(num_timesteps, steps):
+    """diffusers' timestep_spacing="linspace" (DDIMScheduler.set_timesteps), restated."""
+    return np.linspace(0, num_timesteps - 1, steps).round()[::-1].copy().astype(np.int64)
+
+
+def diffusers_trailing(num_timesteps, steps):
+    """diffusers' timestep_spacing="trailing", restated: round(arange(T, 0, -T/S)) - 1."""
+    return np.round(np.arange(num_timesteps, 0, -num_timesteps / steps)).astype(np.int64) - 1
+
+
+@pytest.mark.parametrize("num_timesteps", [1000, 999, 37, 4000])
+def test_spacing_names_map_to_diffusers_as_documented(num_timesteps):
+    for steps in range(1, num_timesteps + 1, max(1, num_timesteps // 97)):
+        ours = ddim_timesteps(num_timesteps, steps, "linspace")
+        assert ours[:-1] == diffusers_linspace(num_timesteps, steps).tolist()
+        dfm = ddim_timesteps(num_timesteps, steps, "dfm")[:-1]
+        if num_timesteps % steps == 0:
+            assert dfm == diffusers_trailing(num_timesteps, steps).tolist()
+    # Where S does not divide T the two differ (diffusers rounds, the DFM code truncates).
+    assert ddim_timesteps(1000, 3, "dfm")[:-1] != diffusers_trailing(1000, 3).tolist()
+
+
+def test_old_spacing_names_warn_and_alias_the_new_ones():
+    for old, new in (("trailing", "linspace"), ("original", "dfm")):
+        with pytest.warns(FutureWarning, match=f"use spacing='{new}'"):
+            assert ddim_timesteps(1000, 7, old) == ddim_timesteps(1000, 7, new)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ddim_timesteps(1000, 7, "linspace")
+
+
+def test_step_counts_accept_numpy_integers_and_name_the_argument():
+    assert ddim_timesteps(np.int64(1000), np.int32(4)) == ddim_timesteps(1000, 4)
+    assert torch.equal(karras_sigmas(np.int64(5), 0.01, 10.0), karras_sigmas(5, 0.01, 10.0))
+    assert torch.equal(schedule_cosine(np.int64(10)), schedule_cosine(10))
+    for name in sorted(SAMPLERS):
+        sample(name, point_oracle(torch.zeros(2)), SCHEDULE, (1, 2), steps=np.int64(3))
+    with pytest.raises(ValueError, match="num_steps: expected a positive int, got 0"):
+        karras_sigmas(0, 0.01, 10.0)
+    with pytest.raises(ValueError, match=r"num_steps: expected a positive int, got 2\.0"):
+        karras_sigmas(2.0, 0.01, 10.0)
+    with pytest.raises(ValueError, match="steps: expected a positive int, got True"):
+        ddim_timesteps(1000, True)
+    with pytest.raises(ValueError, match="num_timesteps: expected a positive int"):
+        schedule_linear(10.0)
+
+
+def test_linear_schedule_scales_betas_by_1000_over_t():
+    # Documented convention: T = 1000 is Ho et al.'s linspace(1e-4, 2e-2, 1000); T = 250
+    # has betas 4x larger (diffusers' "linear" would keep the unscaled range).
+    assert torch.allclose(
+        schedule_linear(1000), torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64)
+    )
+    assert torch.allclose(
+        schedule_linear(250), 4 * torch.linspace(1e-4, 2e-2, 250, dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_output_has_the_requested_dtype(name, dtype):
+    # The denoiser answers in float64 whatever it is given; the output follows ``dtype``.
+    def denoiser(x_t, t):
+        assert x_t.dtype == dtype and t.dtype == dtype
+        x0 = torch.zeros_like(x_t, dtype=torch.float64)
+        return Denoised(x0=x0, signal=x0)
+
+    out = sample(name, denoiser, SCHEDULE, (2, 3), steps=3, dtype=dtype)
+    assert out.observation.dtype == dtype
+
+
+def gaussian_ve_denoiser(mu: float, std: float):
+    """D(x; sigma) = E[x0 | x0 + sigma n = x] for x0 ~ N(mu, std^2), written in sigma directly."""
+    return lambda x, sigma: mu + std**2 / (std**2 + sigma**2) * (x - mu)
+
+
+def karras_heun_reference(noise, sigmas, denoise):
+    """Karras et al. (2022) Algorithm 2 without churn, float64, in the VE variable."""
+    x = noise * sigmas[0]
+    for sigma, sigma_next in pairwise(sigmas):
+        d = (x - denoise(x, sigma)) / sigma
+        x_next = x + (sigma_next - sigma) * d
+        if sigma_next > 0:
+            d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
+            x_next = x + (sigma_next - sigma) * (d + d_next) / 2
+        x = x_next
+    return x
+
+
+def dpmpp_2m_reference(noise, sigmas, denoise):
+    """DPM-Solver++(2M) re-derived in the VE variable with time s = -log sigma (as in
+    k-diffusion's formulation), float64; the final step to sigma = 0 is first order."""
+    x = noise * sigmas[0]
+    previous, h_last = None, None
+    for sigma, sigma_next in pairwise(sigmas):
+        denoised = denoise(x, sigma)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            blend = denoised
+            if previous is not None:
+                r = h_last / h
+                blend = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+            # Exponential integrator of dx/ds = D - x over [s, s + h]:
+            x = (sigma_next / sigma) * x + (1 - math.exp(-h)) * blend
+            h_last = h
+        previous = denoised
+    return x
+
+
+def test_edm_sampler_matches_an_independent_karras_implementation_in_float64():
+    mu, std, steps = 0.3, 0.5, 6
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(16, 2, generator=generator, dtype=torch.float64)
+    out = sample_edm(
+        gaussian_oracle(torch.tensor(mu, dtype=torch.float64), std),
+        SCHEDULE,
+        (16, 2),
+        steps=steps,
+        sigma_min=0.01,
+        sigma_max=50.0,
+        generator=torch.Generator().manual_seed(3),
+        dtype=torch.float64,
+    )
+    sigmas = karras_sigmas(steps, 0.01, 50.0).tolist()
+    reference = karras_heun_reference(noise, sigmas, gaussian_ve_denoiser(mu, std))
+    # A float32-rounded sigma made this ~1e-8 (dfm-core 0.2).
+    assert torch.allclose(out.observation, reference, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("spacing", ["karras", "linspace", "dfm"])
+def test_dpmpp_2m_matches_an_independent_re_derivation(spacing):
+    mu, std, steps = -0.2, 0.4, 7
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = sample_dpmpp_2m(
+        gaussian_oracle(torch.tensor(mu, dtype=torch.float64), std),
+        SCHEDULE,
+        (16, 3),
+        steps=steps,
+        spacing=spacing,
+        sigma_min=0.01 if spacing == "karras" else None,
+        sigma_max=50.0 if spacing == "karras" else None,
+        generator=torch.Generator().manual_seed(5),
+        dtype=torch.float64,
+    )
+    if spacing == "karras":
+        sigmas = karras_sigmas(steps, 0.01, 50.0).tolist()
+    else:
+        timesteps = torch.tensor(ddim_timesteps(1000, steps, spacing)[:-1], dtype=torch.float64)
+        sigmas = [*SCHEDULE.sigma(timesteps).tolist(), 0.0]
+    # Our state is the VP x_t = x_ve / sqrt(1 + sigma^2); at sigma = 0 the two coincide.
+    reference = dpmpp_2m_reference(noise, sigmas, gaussian_ve_denoiser(mu, std))
+    assert torch.allclose(out.observation, reference, atol=1e-11, rtol=0)
+
+
+def test_dpmpp_2m_converges_at_second_order_to_the_exact_flow():
+    # For x0 ~ N(mu, s^2) the probability-flow ODE (VE variable) is solved by
+    #   x(sigma) = mu + (x(sigma_max) - mu) sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_max^2).
+    # Sampling ends at sigma_min, so compare with the exact flow to sigma_min (then to 0 the
+    # last step is the denoiser's exact D).
+    mu, std, sigma_min, sigma_max = 0.5, 0.3, 0.01, 20.0
+    noise = torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_min = mu + (noise * sigma_max - mu) * math.hypot(std, sigma_min) / math.hypot(std, sigma_max)
+    exact = mu + std**2 / (std**2 + sigma_min**2) * (x_min - mu)
+
+    def error(sampler, steps):
+        out = sampler(
+            gaussian_oracle(torch.tensor(mu, dtype=torch.float64), std),
+            SCHEDULE,
+            (64, 1),
+            steps=steps,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            generator=torch.Generator().manual_seed(0),
+            dtype=torch.float64,
+        )
+        return (out.observation - exact).abs().max().item()
+
+    def euler(*args, **kwargs):
+        return sample_edm(*args, solver="euler", **kwargs)
+
+    dpm = [error(sample_dpmpp_2m, n) for n in (40, 80, 160)]
+    first = [error(euler, n) for n in (40, 80, 160)]
+    # Halving the step size divides a p-th order method's error by ~2^p.
+    assert dpm[0] / dpm[1] > 3.3 and dpm[1] / dpm[2] > 3.6
+    assert 1.6 < first[1] / first[2] < 2.4
+    assert dpm[2] < first[2] / 10
 
 
 def test_dynamic_threshold_closed_form():

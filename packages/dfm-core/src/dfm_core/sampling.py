@@ -13,18 +13,36 @@ keyword tail:
 
 Each returns ``SampleOutput(observation, signal)``. The last step always lands on the
 clean level, where the new state equals the last x0 estimate, so without thresholding
-``observation == forward(signal, phi^trgt)`` exactly. Arithmetic on the state runs in
-float64; the denoiser sees ``dtype``.
+``observation == forward(signal, phi^trgt)`` exactly. Arithmetic on the state (and on
+noise levels and timesteps) runs in float64; the denoiser sees ``dtype`` (its inputs
+x_t and t are cast to it), and the returned observation is cast to ``dtype`` too.
+
+Step counts accept any integral number (Python or numpy ints), not bools.
+
+Timestep spacings of the discrete samplers (``ddim_timesteps``), and how they map to the
+``timestep_spacing`` option of the widely used ``diffusers`` schedulers:
+
+    ours        visits (S evaluations, T timesteps)               diffusers
+    "linspace"  round(linspace(0, T-1, S)), reversed: T-1 ... 0     "linspace" (identical)
+    "dfm"       int(linspace(-1, T-1, S+1)), reversed, without -1  "trailing" only when S
+                (the original DFM code; last evaluation T/S - 1)   divides T (it rounds
+                                                                   T - j T/S, we truncate)
+
+The names ``"trailing"`` (= ``"linspace"``) and ``"original"`` (= ``"dfm"``) of dfm-core
+0.2 still work but warn: ``"trailing"`` means a different spacing in diffusers.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,6 +61,7 @@ __all__ = [
     "sample",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpmpp_2m",
     "sample_edm",
 ]
 
@@ -89,7 +108,13 @@ class StepInfo:
 
 @dataclass(frozen=True)
 class SampleOutput:
-    """Final observation (B, *obs_shape) in the denoiser's dtype, and the final signal."""
+    """What a sampler returns.
+
+    Attributes:
+        observation: the final state, shape (B, *obs_shape), cast to the sampler's
+            ``dtype`` argument (the state itself is float64 while sampling).
+        signal: the denoiser's signal at the last evaluation, as the denoiser returned it.
+    """
 
     observation: Tensor
     signal: Any
@@ -145,39 +170,68 @@ def dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
-def ddim_timesteps(
-    num_timesteps: int, steps: int, spacing: Literal["trailing", "original"] = "trailing"
-) -> list[int]:
+def count_arg(name: str, value: Any) -> int:
+    """``value`` as a Python int if it is an integral number >= 1, else a ValueError naming ``name``.
+
+    Accepts numpy integers (``np.int64(50)``) as well as ints; refuses bools and floats.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+Spacing = Literal["linspace", "dfm"]
+_SPACINGS = ("linspace", "dfm")
+# dfm-core 0.2 names; "trailing" collides with diffusers' "trailing", a different spacing.
+_OLD_SPACINGS = {"trailing": "linspace", "original": "dfm"}
+
+
+def _spacing_name(spacing: str) -> str:
+    if spacing in _OLD_SPACINGS:
+        new = _OLD_SPACINGS[spacing]
+        warnings.warn(
+            f"spacing={spacing!r} is deprecated, use spacing={new!r} (the same timesteps); "
+            "note that diffusers' 'trailing' is a different spacing",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return new
+    if spacing not in _SPACINGS:
+        raise ValueError(f"spacing: expected one of {list(_SPACINGS)}, got {spacing!r}")
+    return spacing
+
+
+def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -> list[int]:
     """The timesteps a DDIM/DDPM run visits, ending with -1 (clean).
 
     Args:
         num_timesteps: T of the schedule.
         steps: number of denoiser evaluations S, 1 <= S <= T.
-        spacing: ``"trailing"`` spreads S steps evenly from T-1 down to 0, so S = T
-            visits every timestep. ``"original"`` reproduces the DFM code:
-            ``int(linspace(-1, T-1, S+1))`` reversed, whose last evaluation is at
-            t = T/S - 1 (19 for T=1000, S=50), never at 0.
+        spacing: ``"linspace"`` spreads S steps evenly from T-1 down to 0 (rounded to the
+            nearest integer, ties to even), so S = T visits every timestep; it is the
+            same list as diffusers' ``timestep_spacing="linspace"``. ``"dfm"`` reproduces
+            the original DFM code: ``int(linspace(-1, T-1, S+1))`` reversed, whose last
+            evaluation is at t = T/S - 1 (19 for T=1000, S=50), never at 0; it equals
+            diffusers' ``"trailing"`` only when S divides T. See the module docstring for
+            the deprecated names ``"trailing"`` and ``"original"``.
 
     Returns:
         S + 1 integers, strictly decreasing, the last one -1.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    num_timesteps = count_arg("num_timesteps", num_timesteps)
+    steps = count_arg("steps", steps)
+    spacing = _spacing_name(spacing)
     if steps > num_timesteps:
         raise ValueError(
             f"steps: asked for {steps} sampling steps but the schedule has only {num_timesteps} timesteps"
         )
-    if spacing == "trailing":
-        points = (
-            torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
-        )
-        return [*points, -1]
-    if spacing == "original":
-        points = (
-            torch.linspace(-1, num_timesteps - 1, steps + 1, dtype=torch.float64).long().tolist()
-        )
-        return list(reversed(points))
-    raise ValueError(f"spacing: expected 'trailing' or 'original', got {spacing!r}")
+    if spacing == "linspace":
+        # numpy's linspace, exactly: its float rounding decides ties such as t = 499.5
+        # differently from torch's, and the list must equal diffusers' to the integer.
+        points = np.linspace(0, num_timesteps - 1, steps, dtype=np.float64).round()[::-1]
+        return [*(int(p) for p in points), -1]
+    points = torch.linspace(-1, num_timesteps - 1, steps + 1, dtype=torch.float64).long().tolist()
+    return list(reversed(points))
 
 
 def _initial_noise(
@@ -218,7 +272,7 @@ def sample_ddim(
     *,
     steps: int = 50,
     eta: float = 0.0,
-    spacing: Literal["trailing", "original"] = "trailing",
+    spacing: str = "linspace",
     generator: Generator = None,
     temperature: float = 1.0,
     threshold: float | None = None,
@@ -276,13 +330,15 @@ def sample_ddpm(
 ) -> SampleOutput:
     """Ancestral sampling from the true posterior q(x_{t'} | x_t, x0_hat) (Ho et al. 2020).
 
-    With ``steps < T`` the chain is respaced (trailing spacing) and the posterior of the
+    With ``steps < T`` the chain is respaced (``"linspace"`` spacing) and the posterior of the
     respaced process is used: beta' = 1 - abar_t / abar_{t'}.
 
     Args:
         steps: number of denoiser evaluations; None uses all T timesteps.
     """
-    timesteps = ddim_timesteps(schedule.num_timesteps, steps or schedule.num_timesteps, "trailing")
+    timesteps = ddim_timesteps(
+        schedule.num_timesteps, schedule.num_timesteps if steps is None else steps, "linspace"
+    )
     x = _initial_noise(shape, generator, temperature, device)
     signal: Any = None
     for i, (t, t_next) in enumerate(pairwise(timesteps)):
@@ -307,11 +363,15 @@ def sample_ddpm(
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
     """Karras et al. (2022) eq. (5) noise levels, decreasing, followed by a final 0.
 
+    Args:
+        num_steps: number N of noise levels before the final 0 (an int or numpy int).
+        sigma_min, sigma_max: the ramp's ends, 0 < sigma_min < sigma_max.
+        rho: the ramp's exponent (7 in EDM).
+
     Returns:
         shape (num_steps + 1,), float64.
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"steps: expected a positive int, got {num_steps!r}")
+    num_steps = count_arg("num_steps", num_steps)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(
             f"sigma_min/sigma_max: expected 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
@@ -359,21 +419,16 @@ def sample_edm(
         churn_min, churn_max: S_tmin, S_tmax, the sigma window where churn applies.
         churn_noise: S_noise.
     """
+    steps = count_arg("steps", steps)
     if solver not in ("heun", "euler"):
         raise ValueError(f"solver: expected 'heun' or 'euler', got {solver!r}")
     if churn < 0:
         raise ValueError(f"churn: expected >= 0, got {churn}")
-    sigma_lo = max(0.002, schedule.sigma_min) if sigma_min is None else sigma_min
-    sigma_hi = min(80.0, schedule.sigma_max) if sigma_max is None else sigma_max
-    if sigma_lo < schedule.sigma_min * (1 - 1e-9) or sigma_hi > schedule.sigma_max * (1 + 1e-9):
-        raise ValueError(
-            f"sigma_min/sigma_max: [{sigma_lo}, {sigma_hi}] lies outside the schedule's range "
-            f"[{schedule.sigma_min}, {schedule.sigma_max}]"
-        )
-    sigmas = karras_sigmas(steps, sigma_lo, sigma_hi, rho).tolist()
+    sigmas = _karras_for(schedule, steps, sigma_min, sigma_max, rho)
 
     def denoise_ve(x_ve: Tensor, sigma: float) -> tuple[Tensor, Any, float]:
-        t = float(schedule.t_from_sigma(torch.tensor(sigma)))
+        # float64 sigma: torch.tensor(python float) would round it to float32 first.
+        t = float(schedule.t_from_sigma(torch.tensor(sigma, dtype=torch.float64)))
         x0, signal = _evaluate(denoiser, x_ve / math.sqrt(1 + sigma**2), t, dtype, threshold)
         return x0, signal, t
 
@@ -401,9 +456,114 @@ def sample_edm(
     return SampleOutput(observation=x.to(dtype), signal=signal)
 
 
+def _karras_for(
+    schedule: NoiseSchedule,
+    steps: int,
+    sigma_min: float | None,
+    sigma_max: float | None,
+    rho: float,
+) -> list[float]:
+    """Karras sigmas inside the schedule's range; defaults EDM's [0.002, 80], clipped to it."""
+    sigma_lo = max(0.002, schedule.sigma_min) if sigma_min is None else sigma_min
+    sigma_hi = min(80.0, schedule.sigma_max) if sigma_max is None else sigma_max
+    if sigma_lo < schedule.sigma_min * (1 - 1e-9) or sigma_hi > schedule.sigma_max * (1 + 1e-9):
+        raise ValueError(
+            f"sigma_min/sigma_max: [{sigma_lo}, {sigma_hi}] lies outside the schedule's range "
+            f"[{schedule.sigma_min}, {schedule.sigma_max}]"
+        )
+    return karras_sigmas(steps, sigma_lo, sigma_hi, rho).tolist()
+
+
+def sample_dpmpp_2m(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    *,
+    steps: int = 15,
+    spacing: Literal["karras", "linspace", "dfm"] = "karras",
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    rho: float = 7.0,
+    generator: Generator = None,
+    temperature: float = 1.0,
+    threshold: float | None = None,
+    callback: Callback | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> SampleOutput:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): a multistep
+    second-order solver of the probability-flow ODE in data (x0) prediction.
+
+    With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t)
+    and h_i = lambda_{t_i} - lambda_{t_{i-1}}, each step is (their eq. 9 with the
+    multistep estimate of the x0 derivative):
+
+        x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i
+        D_i     = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2},   r_i = h_{i-1} / h_i
+
+    The first step has no previous estimate, and the last one (to the clean level, where
+    h is infinite) is first order, D_i = x0_{i-1}: it lands on the last x0 estimate, as
+    every sampler here does. The first-order step is exactly DDIM (eta = 0). The
+    solver is deterministic: the generator only draws the initial noise.
+
+    Args:
+        denoiser: see ``Denoiser``.
+        schedule: the training noise process.
+        shape: (B, *obs_shape) of the target observation.
+        steps: number of denoiser evaluations S (one per step).
+        spacing: the noise levels visited. ``"karras"`` (default): Karras et al.'s ramp of
+            ``steps`` noise levels over [sigma_min, sigma_max], as ``sample_edm``, at
+            fractional timesteps; ``"linspace"`` or ``"dfm"``: the integer timesteps of
+            ``ddim_timesteps``.
+        sigma_min, sigma_max, rho: the Karras ramp (``"karras"`` only); the defaults are
+            those of ``sample_edm``.
+    """
+    steps = count_arg("steps", steps)
+    if spacing == "karras":
+        sigmas = _karras_for(schedule, steps, sigma_min, sigma_max, rho)[:-1]
+        sigma_t = torch.tensor(sigmas, dtype=torch.float64)
+        timesteps = [*schedule.t_from_sigma(sigma_t).tolist(), -1.0]
+    elif spacing in ("linspace", "dfm"):
+        timesteps = [float(t) for t in ddim_timesteps(schedule.num_timesteps, steps, spacing)]
+    else:
+        raise ValueError(f"spacing: expected 'karras', 'linspace' or 'dfm', got {spacing!r}")
+    alpha_bars = schedule.alpha_bar(torch.tensor(timesteps, dtype=torch.float64)).tolist()
+    alphas = [math.sqrt(a) for a in alpha_bars]
+    sigmas_vp = [math.sqrt(1 - a) for a in alpha_bars]
+    # lambda = log(alpha / sigma), +inf at the clean level.
+    lambdas = [
+        math.log(a / s) if s > 0 else math.inf for a, s in zip(alphas, sigmas_vp, strict=True)
+    ]
+
+    # x_T ~ N(0, sigma_{t_0}^2 I): the marginal at t_0 once the data's share is negligible.
+    x = _initial_noise(shape, generator, temperature, device) * sigmas_vp[0]
+    signal: Any = None
+    x0_prev: Tensor | None = None
+    h_prev = math.nan
+    for i in range(steps):
+        x0, signal = _evaluate(denoiser, x, timesteps[i], dtype, threshold)
+        if math.isinf(lambdas[i + 1]):
+            # Final step: alpha = 1, sigma = 0, e^{-h} = 0, so x = D = x0 (first order).
+            x = x0
+        else:
+            h = lambdas[i + 1] - lambdas[i]
+            if x0_prev is None:
+                derivative = x0
+            else:
+                r = h_prev / h
+                derivative = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x = (sigmas_vp[i + 1] / sigmas_vp[i]) * x - alphas[i + 1] * math.expm1(-h) * derivative
+            h_prev = h
+        x0_prev = x0
+        if callback is not None:
+            callback(StepInfo(i, steps, timesteps[i], x, x0, signal))
+    return SampleOutput(observation=x.to(dtype), signal=signal)
+
+
 SAMPLERS: dict[str, Callable[..., SampleOutput]] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
+    "dpmpp_2m": sample_dpmpp_2m,
     "edm": sample_edm,
 }
 
@@ -411,7 +571,7 @@ SAMPLERS: dict[str, Callable[..., SampleOutput]] = {
 def sample(
     name: str, denoiser: Denoiser, schedule: NoiseSchedule, shape: Sequence[int], **kwargs: Any
 ) -> SampleOutput:
-    """Dispatch to a sampler by name (``ddim``, ``ddpm``, ``edm``)."""
+    """Dispatch to a sampler by name (``ddim``, ``ddpm``, ``dpmpp_2m``, ``edm``)."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler: unknown name {name!r}; expected one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](denoiser, schedule, shape, **kwargs)

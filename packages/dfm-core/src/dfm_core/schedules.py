@@ -15,6 +15,7 @@ log-sigma linearly between neighbouring integers. The special timestep -1 means
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,13 +43,25 @@ def schedule_linear(
     beta_end: float = 2e-2,
     max_beta: float = 0.999,
 ) -> Tensor:
-    """Linear betas of Ho et al. (2020), scaled by 1000 / T so any T spans a similar
-    noise range (Nichol & Dhariwal 2021), and clipped at ``max_beta`` for very small T.
+    """Linear betas of Ho et al. (2020), **scaled by 1000 / T** (the improved-DDPM
+    convention of Nichol & Dhariwal 2021), clipped at ``max_beta`` for very small T.
+
+        beta_t = clamp(linspace(beta_start * 1000/T, beta_end * 1000/T, T), max=max_beta)
+
+    The scaling keeps abar_T (the noise range) about the same for every T. Other
+    libraries do not scale: diffusers' ``beta_schedule="linear"`` is
+    ``linspace(beta_start, beta_end, T)``. Both agree only at T = 1000; to reproduce
+    theirs at another T, pass ``beta_start * T / 1000`` and ``beta_end * T / 1000``.
+
+    Args:
+        num_timesteps: T (an int or numpy int).
+        beta_start, beta_end: the betas at T = 1000, before the 1000 / T scaling.
+        max_beta: upper clip.
 
     Returns:
         betas, shape (T,), float64.
     """
-    _check_num_timesteps(num_timesteps)
+    num_timesteps = _check_num_timesteps(num_timesteps)
     scale = 1000.0 / num_timesteps
     return torch.linspace(
         beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64
@@ -63,7 +76,7 @@ def schedule_cosine(num_timesteps: int = 1000, s: float = 0.008, max_beta: float
     Returns:
         betas, shape (T,), float64.
     """
-    _check_num_timesteps(num_timesteps)
+    num_timesteps = _check_num_timesteps(num_timesteps)
     steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     alphas_cumprod = f / f[0]
@@ -86,7 +99,7 @@ def schedule_sigmoid(
     Returns:
         betas, shape (T,), float64.
     """
-    _check_num_timesteps(num_timesteps)
+    num_timesteps = _check_num_timesteps(num_timesteps)
     if not start < end:
         raise ValueError(f"schedule_sigmoid: expected start < end, got start={start}, end={end}")
     steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
@@ -106,9 +119,15 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def _check_num_timesteps(num_timesteps: int) -> None:
-    if not isinstance(num_timesteps, int) or num_timesteps < 1:
+def _check_num_timesteps(num_timesteps: int) -> int:
+    """``num_timesteps`` as an int; numpy integers are accepted, bools and floats refused."""
+    if (
+        isinstance(num_timesteps, bool)
+        or not isinstance(num_timesteps, numbers.Integral)
+        or num_timesteps < 1
+    ):
         raise ValueError(f"num_timesteps: expected a positive int, got {num_timesteps!r}")
+    return int(num_timesteps)
 
 
 class NoiseSchedule:
