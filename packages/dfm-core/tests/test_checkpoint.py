@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -12,15 +15,21 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from dfm_core import checkpoint
 from dfm_core.checkpoint import (
+    CheckpointCorruptError,
     CheckpointError,
+    CheckpointWriteError,
     checkpoint_name,
+    config_differences,
     is_complete_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_train_state,
     load_weights,
+    read_checkpoint_config,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 CONFIG = {"trainer": {"lr": 1e-4, "betas": (0.9, 0.99)}, "run": {"model": "mlp", "width": 8}}
@@ -141,8 +150,15 @@ def test_pickle_with_code_is_refused(tmp_path: Path) -> None:
     path = _save(tmp_path, 1)
     marker = tmp_path / "pwned"
     torch.save({"step": 1, "evil": _Payload(str(marker))}, path / "state.pt")
-    with pytest.raises(CheckpointError, match="refused"):
+    # Inside a checkpoint dir the manifest checksum refuses it before unpickling...
+    with pytest.raises(CheckpointCorruptError, match=r"checksum|bytes"):
         load_train_state(path)
+    # ...and a loose file is refused by torch.load(weights_only=True).
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    os.replace(path / "state.pt", loose / "state.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_train_state(loose)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="does not exist"):
         load_train_state(tmp_path / "nowhere")
@@ -232,3 +248,109 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
             train_state={},
             keep_last=args["keep_last"],
         )
+
+
+# ----------------------------------------------------------------------------- injected faults
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "ema.safetensors", "state.pt"])
+def test_checksum_catches_damage_of_the_right_size(tmp_path: Path, name: str) -> None:
+    path = _save(tmp_path, 1)
+    manifest = json.loads((path / "manifest.json").read_text())
+    for file in ("model.safetensors", "ema.safetensors", "config.json", "state.pt"):
+        assert manifest["sha256"][file] == hashlib.sha256((path / file).read_bytes()).hexdigest()
+    verify_checkpoint(path)
+    _flip(path / name)
+    assert is_complete_checkpoint(path)  # sizes still match: only the checksum sees it
+    with pytest.raises(CheckpointCorruptError, match=rf"{name}: content checksum mismatch"):
+        verify_checkpoint(path)
+    load = {
+        "model.safetensors": lambda: load_weights(path),
+        "ema.safetensors": lambda: load_weights(path, ema=True),
+        "state.pt": lambda: load_train_state(path),
+    }[name]
+    with pytest.raises(CheckpointCorruptError, match=re.escape(str(path / name))):
+        load()
+
+
+def test_manifests_without_checksums_still_load(tmp_path: Path) -> None:
+    path = _save(tmp_path, 1)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["sha256"]  # written by dfm-core < 0.3
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    verify_checkpoint(path)
+    assert load_train_state(path)["step"] == 1
+
+
+def test_unreadable_weights_name_the_file(tmp_path: Path) -> None:
+    loose = tmp_path / "weights.safetensors"
+    loose.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointCorruptError, match=re.escape(str(loose))) as info:
+        load_weights(loose)
+    assert "SafetensorError" in str(info.value)
+    state = tmp_path / "state.pt"
+    state.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(CheckpointError, match=re.escape(str(state))):
+        load_train_state(state)
+
+
+@pytest.mark.parametrize("failing", ["model.safetensors", "state.pt", "manifest.json"])
+def test_full_disk_names_the_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    _save(tmp_path, 1)
+    real_open = checkpoint._open_for_write
+
+    def disk_full_for(path: Path):
+        # /dev/full fails every write with a real ENOSPC from the kernel.
+        return open("/dev/full", "wb") if path.name == failing else real_open(path)
+
+    monkeypatch.setattr(checkpoint, "_open_for_write", disk_full_for)
+    with pytest.raises(CheckpointWriteError) as info:
+        _save(tmp_path, 2)
+    assert str(info.value) == f"no space left writing {tmp_path / 'step_000002' / failing}"
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step_000001"]
+    assert load_train_state(tmp_path / "step_000001")["step"] == 1
+
+
+def test_read_only_run_dir_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_only(path: Path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(checkpoint, "_open_for_write", read_only)
+    with pytest.raises(
+        CheckpointWriteError, match=r"cannot write .*step_000001/model\.safetensors: Read-only"
+    ):
+        _save(tmp_path, 1)
+    assert os.listdir(tmp_path) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the checkpoints dir should be")
+    monkeypatch.undo()
+    with pytest.raises(CheckpointWriteError, match=r"cannot write .*file/step_000001"):
+        _save(blocker, 1)
+
+
+def test_config_differences_and_read_checkpoint_config(tmp_path: Path) -> None:
+    _save(tmp_path, 1)
+    saved = read_checkpoint_config(tmp_path)
+    assert saved == json.loads(json.dumps(CONFIG))  # tuples come back as lists
+    assert config_differences(saved, CONFIG) == []  # compared as JSON
+    current = {
+        "trainer": {"lr": 1e-3, "betas": (0.9, 0.99)},
+        "run": {"model": "mlp", "width": 4, "new": 1},
+    }
+    assert config_differences(saved, current) == [
+        "run.new (None -> 1)",
+        "run.width (8 -> 4)",
+        "trainer.lr (0.0001 -> 0.001)",
+    ]
+    assert config_differences(saved, current, ["run.width"]) == ["run.width (8 -> 4)"]
+    many = config_differences({str(i): i for i in range(20)}, {}, limit=3)
+    assert len(many) == 4 and many[-1] == "... and 17 more"
