@@ -34,6 +34,17 @@ the last micro-batch of an accumulated step, and all-reduces the loss terms ever
 (the non-finite check is therefore global). Only rank 0 writes checkpoints, metrics and
 the progress bar; :meth:`Trainer.save_checkpoint` gathers every rank's RNG states, and
 :meth:`Trainer.resume` restores the full state on every rank.
+
+Stopping: signals and damaged checkpoints
+-----------------------------------------
+Inside :func:`graceful_stop` (or ``with trainer.install_signal_handlers():``), SIGTERM,
+SIGINT, SIGUSR1 and SIGUSR2 (SLURM's pre-emption/time-limit warnings) make every trainer
+that is training finish its current step, save a checkpoint and raise
+:class:`TrainingInterrupted`, whose message is one line naming the signal, the step and
+the checkpoint; a second SIGINT aborts at once. With DDP the request is all-reduced, so
+every rank stops after the same step. :meth:`Trainer.resume` verifies checkpoints
+against their manifest checksums, newest first, and falls back past damaged ones
+(warning which one was skipped and why).
 """
 
 from __future__ import annotations
@@ -44,9 +55,12 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +74,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dfm_core.checkpoint import (
-    latest_checkpoint,
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    config_differences,
     list_checkpoints,
     load_train_state,
     load_weights,
     save_checkpoint,
+    verify_checkpoint,
 )
 from dfm_core.data_order import (
     SEED_GENERATOR,
@@ -86,12 +103,15 @@ from dfm_core.optim import OptimizerConfig, learning_rate_at
 from dfm_core.tree import tree_to
 
 __all__ = [
+    "STOP_SIGNALS",
     "NonFiniteLossError",
     "OptimizerConfig",
     "ShardedBatchSampler",
     "Trainer",
     "TrainerConfig",
+    "TrainingInterrupted",
     "derive_seed",
+    "graceful_stop",
     "learning_rate_at",
     "worker_seed",
 ]
@@ -199,14 +219,121 @@ class NonFiniteLossError(FloatingPointError):
         terms: names of the non-finite terms (``"grad_norm"`` for the gradient norm).
     """
 
-    def __init__(self, step: int, terms: Mapping[str, float]) -> None:
+    def __init__(
+        self, step: int, terms: Mapping[str, float], last_checkpoint_step: int | None = None
+    ) -> None:
         self.step = step
         self.terms = tuple(terms)
+        self.last_checkpoint_step = last_checkpoint_step
         listed = ", ".join(f"{name}={value}" for name, value in terms.items())
-        super().__init__(
-            f"non-finite loss at step {step}: {listed}; training stopped, the last good "
-            "checkpoint is intact (resume from it, e.g. with a lower learning rate)"
+        if last_checkpoint_step is None:
+            advice = "no checkpoint had been saved yet (restart, e.g. with a lower learning rate)"
+        else:
+            advice = (
+                f"the last good checkpoint (step {last_checkpoint_step}) is intact "
+                "(resume from it, e.g. with a lower learning rate)"
+            )
+        super().__init__(f"non-finite loss at step {step}: {listed}; training stopped, {advice}")
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (see :func:`graceful_stop`); the message is one line.
+
+    Attributes:
+        signal_name: e.g. ``"SIGTERM"`` (``"a signal on another rank"`` on DDP ranks that
+            stopped because a peer was signalled).
+        signum: the signal number, or ``None`` when it arrived on another rank.
+        step: optimiser steps completed and saved, or ``None`` if no trainer was running.
+        checkpoint: the checkpoint written on the way out (rank 0), else ``None``.
+    """
+
+    def __init__(
+        self,
+        signum: int | None,
+        step: int | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        self.signum = signum
+        self.signal_name = (
+            signal.Signals(signum).name if signum is not None else "a signal on another rank"
         )
+        self.step = step
+        self.checkpoint = checkpoint
+        if step is None:
+            message = f"stopped by {self.signal_name} (no training step was running)"
+        elif checkpoint is not None:
+            message = (
+                f"stopped by {self.signal_name} after step {step}; checkpoint saved to "
+                f"{checkpoint} (run again with the same run directory to resume)"
+            )
+        else:
+            message = f"stopped by {self.signal_name} after step {step}; checkpoint saved"
+        super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signum``, the shell's convention for a process ended by a signal."""
+        return 128 + (self.signum if self.signum is not None else signal.SIGTERM)
+
+
+STOP_SIGNALS: tuple[int, ...] = tuple(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
+"""Signals :func:`graceful_stop` handles by default: termination, Ctrl-C, and the two
+user signals SLURM sends ahead of pre-emption or the time limit (``--signal``)."""
+
+# Trainers inside `train()` right now, and the first stop signal received under
+# `graceful_stop` (module state because a signal handler is process-wide).
+_TRAINING: weakref.WeakSet[Trainer] = weakref.WeakSet()
+_RECEIVED: list[int] = []
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    if _RECEIVED and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C: the user wants out now
+    if not _RECEIVED:
+        _RECEIVED.append(signum)
+    trainers = list(_TRAINING)
+    if not trainers:  # between training phases (e.g. evaluating): stop right here
+        raise TrainingInterrupted(signum)
+    for trainer in trainers:
+        trainer._stop_signal = signum
+        trainer.request_stop()
+
+
+@contextlib.contextmanager
+def graceful_stop(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Turn ``signals`` into "save at the next step boundary, then stop" for every trainer.
+
+    While the context is active, a signal makes each :class:`Trainer` inside
+    :meth:`Trainer.train` finish its step, save a checkpoint and raise
+    :class:`TrainingInterrupted`; arriving outside ``train`` (e.g. while evaluating) it
+    raises :class:`TrainingInterrupted` at once. A second SIGINT raises
+    ``KeyboardInterrupt``. The previous handlers are restored on exit. Main thread only.
+
+    Use it around the whole job (all trainers, then evaluation)::
+
+        with graceful_stop():
+            trainer.resume()
+            trainer.train()
+
+    Args:
+        signals: the signal numbers to handle (default :data:`STOP_SIGNALS`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "graceful_stop: signal handlers can only be installed in the main thread"
+        )
+    previous = {signum: signal.signal(signum, _on_stop_signal) for signum in signals}
+    _RECEIVED.clear()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _RECEIVED.clear()
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -229,6 +356,10 @@ class Trainer:
         run_config: the application's resolved config (JSON-serialisable, dataclasses
             allowed), saved into every checkpoint beside the trainer config so weights
             can be rebuilt without the training script.
+        frozen_config_keys: dotted keys of ``run_config`` that fix the weights' meaning
+            (e.g. ``("model", "schedule")``); :meth:`resume` refuses a checkpoint whose
+            saved values differ, naming the fields. Tensor names and shapes are always
+            checked against the model.
 
     Typical use::
 
@@ -247,6 +378,7 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         callbacks: Sequence[Callback] = (),
         run_config: Any = None,
+        frozen_config_keys: Sequence[str] = (),
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Trainer: model must be an nn.Module, got {type(model).__name__}")
@@ -257,10 +389,12 @@ class Trainer:
         self.collate_fn = collate_fn
         self.callbacks = list(callbacks)
         self.run_config = run_config
+        self.frozen_config_keys = tuple(frozen_config_keys)
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
+        self._pick_device()  # refuse an unusable device before joining a process group
         self._owns_process_group = self._init_distributed()
         self.device = self._pick_device()
         if self.device.type == "cuda":
@@ -309,7 +443,12 @@ class Trainer:
         self._resume_called = False
         self._start_checked = False
         self._stop_requested = False
+        self._stop_signal: int | None = None
+        self._signalled_somewhere = False
+        self._saved_config: dict[str, Any] = {}
         self._last_saved_step: int | None = None
+        self.skipped_checkpoints: list[tuple[Path, str]] = []
+        """Checkpoints :meth:`resume` passed over as damaged, with the reason."""
         self._term_names: list[str] | None = None
 
     # -- distributed ---------------------------------------------------------
@@ -340,6 +479,19 @@ class Trainer:
         return True
 
     def _pick_device(self) -> torch.device:
+        if self.config.device is not None:
+            try:
+                wanted = torch.device(self.config.device)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(
+                    f"TrainerConfig.device: {self.config.device!r} is not a device "
+                    "(expected cpu, cuda, cuda:N or null)"
+                ) from error
+            if wanted.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(
+                    f"TrainerConfig.device={self.config.device!r} but CUDA is not available on "
+                    "this machine; use device=cpu, or null to pick automatically"
+                )
         if self.config.device is None:
             if torch.cuda.is_available():
                 return torch.device("cuda", self.local_rank)
@@ -386,9 +538,21 @@ class Trainer:
 
         Safe to call from a signal handler (e.g. a SLURM preemption signal). The flag is
         read when a step all-reduces its losses, so with DDP all ranks stop after the
-        same step even if only some of them received the request.
+        same step even if only some of them received the request. To have signals do
+        this (and raise :class:`TrainingInterrupted` once saved), use
+        :meth:`install_signal_handlers`.
         """
         self._stop_requested = True
+
+    def install_signal_handlers(
+        self, signals: Sequence[int] = STOP_SIGNALS
+    ) -> contextlib.AbstractContextManager[None]:
+        """``with trainer.install_signal_handlers(): trainer.train()``: see :func:`graceful_stop`.
+
+        The handlers act on every trainer training in this process (e.g. a baseline
+        trained after the main model), so one context around the whole job suffices.
+        """
+        return graceful_stop(signals)
 
     def close(self) -> None:
         """Destroy the process group if the trainer created it (call once, at the very end)."""
@@ -483,25 +647,27 @@ class Trainer:
             total = values if total is None else total + values
         assert total is not None
         means = total / accum if accum > 1 else total
-        stop = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.device)
-        packed = torch.cat([means, stop])
+        flags = [1.0 if self._stop_requested else 0.0, 1.0 if self._stop_signal else 0.0]
+        packed = torch.cat([means, torch.tensor(flags, device=self.device)])
         if self.world_size > 1:
             dist.all_reduce(packed)  # NaN/inf on any rank makes the sum non-finite
-            packed = torch.cat([packed[:-1] / self.world_size, packed[-1:]])
+            packed = torch.cat([packed[:-2] / self.world_size, packed[-2:]])
         if cfg.grad_clip is not None:  # returns the norm before clipping
             grad_norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
         else:
             grads = [p.grad for p in self._params if p.grad is not None]
             grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         host = torch.cat([packed, grad_norm.reshape(1).to(packed)]).tolist()
-        values_host, stop_flag, norm = host[: len(names)], host[-2], host[-1]
+        values_host, stop_flag, signal_flag, norm = host[: len(names)], *host[-3:]
+        if signal_flag > 0:
+            self._signalled_somewhere = True
         named = dict(zip(names, values_host, strict=True))
         bad = {name: value for name, value in named.items() if not math.isfinite(value)}
         if not bad and not math.isfinite(norm):
             bad = {"grad_norm": norm}
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(self.step + 1, bad)
+            raise NonFiniteLossError(self.step + 1, bad, self._last_saved_step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -524,6 +690,9 @@ class Trainer:
                 f"Trainer: {self.checkpoint_dir} already holds checkpoints up to step {existing}; "
                 "call trainer.resume() first or use a fresh run_dir"
             )
+        if self.is_main and self.step == 0:
+            # Rows from an attempt killed before its first checkpoint are not part of this run.
+            self._truncate_metrics(0)
 
     def train(self, until_step: int | None = None) -> None:
         """Train until ``until_step`` (default ``config.max_steps``) steps are done.
@@ -534,10 +703,14 @@ class Trainer:
         Raises:
             NonFiniteLossError: a loss term or the gradient norm went NaN/inf; the step was
                 not applied and nothing was saved for it.
+            TrainingInterrupted: a signal arrived under :func:`graceful_stop`; the step in
+                progress was finished and saved first.
         """
         cfg = self.config
         target = cfg.max_steps if until_step is None else min(until_step, cfg.max_steps)
         self._check_fresh_start()
+        self._signalled_somewhere = False
+        _TRAINING.add(self)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         # DataLoader workers live for one train() call: closing the stream in `finally`
@@ -578,9 +751,14 @@ class Trainer:
             if self._last_saved_step != self.step:
                 self.save_checkpoint()
         finally:
+            _TRAINING.discard(self)
             stream.close()
             bar.close()
             self._stop_requested = False
+        if self._signalled_somewhere or self._stop_signal is not None:
+            signum, self._stop_signal = self._stop_signal, None
+            newest = list_checkpoints(self.checkpoint_dir) if self.is_main else []
+            raise TrainingInterrupted(signum, self.step, newest[-1][1] if newest else None)
 
     def _write_metrics(self, record: Mapping[str, Any]) -> None:
         if not self.is_main:
@@ -669,15 +847,17 @@ class Trainer:
             The restored step, or ``None`` if the run has no checkpoint yet.
         """
         self._resume_called = True
-        path = latest_checkpoint(self.checkpoint_dir) if self.is_main else None
-        path = self._broadcast(None if path is None else str(path))
+        loaded = self._newest_good_checkpoint() if self.is_main else None
+        path = self._broadcast(None if loaded is None else str(loaded[0]))
         if path is None:
+            if self.is_main:
+                self._truncate_metrics(0)  # rows of an attempt killed before any checkpoint
+            self._barrier()
             return None
         path = Path(path)
-        model_state, _ = load_weights(path, device=self.device)
+        model_state, ema_state, state = loaded[1:] if loaded is not None else self._read(path)
+        self._check_fits(path, model_state, ema_state)
         self.module.load_state_dict(model_state)
-        ema_state, _ = load_weights(path, ema=True, device=self.device)
-        state = load_train_state(path)
         self.ema.load_state_dict(ema_state, state["ema"]["num_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -709,6 +889,81 @@ class Trainer:
             self._truncate_metrics(self.step)
         self._barrier()
         return self.step
+
+    def _read(self, path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:
+        verify_checkpoint(path)
+        model_state, config = load_weights(path, device=self.device)
+        ema_state, _ = load_weights(path, ema=True, device=self.device)
+        state = load_train_state(path)
+        missing = [key for key in ("step", "epoch", "epoch_position", "world_size", "optimizer",
+                                   "ema", "rng") if key not in state]  # fmt: skip
+        if missing:
+            raise CheckpointCorruptError(f"{path / 'state.pt'}: missing entries {missing}")
+        self._saved_config = config
+        return model_state, ema_state, state
+
+    def _newest_good_checkpoint(
+        self,
+    ) -> tuple[Path, dict[str, Tensor], dict[str, Tensor], dict[str, Any]] | None:
+        """The newest checkpoint that passes its checksums and loads, read; warns about skips."""
+        candidates = list_checkpoints(self.checkpoint_dir)
+        self.skipped_checkpoints = []
+        for _, path in reversed(candidates):
+            try:
+                read = self._read(path)
+            except CheckpointCorruptError as error:
+                self.skipped_checkpoints.append((path, str(error)))
+                continue
+            for skipped, reason in self.skipped_checkpoints:
+                warnings.warn(
+                    f"resume: skipped damaged checkpoint {skipped.name}: {reason}; "
+                    f"resuming from {path.name}",
+                    stacklevel=3,
+                )
+            return (path, *read)
+        if self.skipped_checkpoints:
+            reasons = "; ".join(f"{p.name}: {why}" for p, why in self.skipped_checkpoints)
+            raise CheckpointCorruptError(
+                f"resume: every checkpoint in {self.checkpoint_dir} is damaged ({reasons}); "
+                "refusing to start over in a run directory that holds checkpoints"
+            )
+        return None
+
+    def _check_fits(
+        self, path: Path, model_state: Mapping[str, Tensor], ema_state: Mapping[str, Tensor]
+    ) -> None:
+        """Refuse a checkpoint written for another model or frozen config, naming the fields."""
+        own = self.module.state_dict()
+        tensors = []
+        for key in sorted(set(own) | set(model_state) | set(ema_state)):
+            if key not in model_state or key not in ema_state:
+                tensors.append(f"{key} (not in the checkpoint)")
+            elif key not in own:
+                tensors.append(f"{key} (not in the model)")
+            elif own[key].shape != model_state[key].shape:
+                tensors.append(
+                    f"{key} (checkpoint {tuple(model_state[key].shape)}, model {tuple(own[key].shape)})"
+                )
+        saved_run = self._saved_config.get("run")
+        frozen = (
+            config_differences(saved_run, self.run_config, self.frozen_config_keys)
+            if self.frozen_config_keys
+            else []
+        )
+        if not tensors and not frozen:
+            return
+        fields = frozen or config_differences(saved_run, self.run_config)
+        parts = [f"{path} does not match this model"]
+        if fields:
+            parts.append(f"differing config fields: {', '.join(fields)}")
+        if tensors:
+            shown = ", ".join(tensors[:5]) + (
+                f" and {len(tensors) - 5} more" if len(tensors) > 5 else ""
+            )
+            parts.append(f"differing tensors: {shown}")
+        raise CheckpointMismatchError(
+            "; ".join(parts) + "; resume with the saved config or use a new run_dir"
+        )
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric records past ``step`` (written after the checkpoint we resume from)."""
