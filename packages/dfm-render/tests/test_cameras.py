@@ -207,3 +207,20 @@ def test_bad_camera_shapes_are_named():
         rays_from_pixels(torch.eye(4)[None], torch.eye(3)[None], torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="points must be"):
         project_points(torch.zeros(2, 3), torch.eye(4)[None, None], torch.eye(3)[None, None])
+
+
+def test_rays_and_projection_gradcheck():
+    g = torch.Generator().manual_seed(6)
+    c2w = random_c2w(g, 1).requires_grad_()
+    k = normalise(pixel_intrinsics(6.0, 5.0, 4.0, 3.0), 6, 8)[None].requires_grad_()
+    uv = torch.rand(1, 3, 2, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda c, kk, x: tuple(vars(rays_from_pixels(c, kk, x)).values()), (c2w, k, uv)
+    )
+    # Points in front of the camera (depth 2 along three rays), so the division by z is smooth.
+    rays = rays_from_pixels(c2w.detach(), k.detach(), uv.detach())
+    points = rays.origins + 2.0 * rays.directions  # (1, 3, 3)
+    points.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda p, c, kk: (project_points(p, c[:, None], kk[:, None]).uv,), (points, c2w, k)
+    )

@@ -131,3 +131,15 @@ def test_shape_errors_name_the_argument():
         sample_pixel_features(
             torch.zeros(1, 1, 3, 4, 4), torch.zeros(1, 1, 2, 2), torch.zeros(1, 2)
         )
+
+
+def test_gradcheck_in_features_and_uv():
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 2, 2, 3, 4, generator=g, dtype=F64, requires_grad=True)
+    # Interior points away from pixel-centre lines, where bilinear sampling is smooth.
+    uv = torch.tensor([[[[0.31, 0.42], [0.7, 0.9]], [[0.55, 0.27], [0.2, 0.6]]]], dtype=F64)
+    uv.requires_grad_()
+    depth = torch.ones(1, 2, 2, dtype=F64)
+    assert torch.autograd.gradcheck(
+        lambda f, x: sample_pixel_features(f, x, depth)[0], (features, uv)
+    )

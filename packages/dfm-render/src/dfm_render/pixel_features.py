@@ -61,8 +61,8 @@ def sample_pixel_features(features: Tensor, uv: Tensor, depth: Tensor) -> tuple[
         padding_mode="border",
         align_corners=False,
     )  # (B*V, C, P, 1)
-    values = (
-        sampled[..., 0].reshape(batch, views, channels, points).transpose(-1, -2)
-    )  # (B, V, P, C)
-    values = values * valid[..., None].to(values.dtype)
-    return values, valid
+    values = sampled.view(batch, views, channels, points)  # (B, V, C, P)
+    # In place: grid_sample's backward does not need its output, and at paper sizes this tensor
+    # is the largest in the field (C = 512 channels per point and view), so no second copy.
+    values.masked_fill_(~valid[:, :, None, :], 0.0)
+    return values.transpose(-1, -2), valid  # (B, V, P, C), (B, V, P)
