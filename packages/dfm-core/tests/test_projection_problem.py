@@ -17,6 +17,7 @@ from dfm_core.projection_problem import (
     RegressionBaseline,
     SubspaceProjection,
     complement_projections,
+    context_correction,
     exact_denoiser,
     exact_posterior,
     random_projections,
@@ -283,3 +284,128 @@ def test_fourier_features_are_fixed_saved_and_optional():
     assert torch.equal(FourierFeatures(3, 0)(x), x)
     with pytest.raises(ValueError, match="num_frequencies"):
         FourierFeatures(3, -1)
+
+
+def _mixture(weights, means, covariances):
+    return GaussianMixture(
+        torch.tensor(weights, dtype=torch.float64),
+        torch.tensor(means, dtype=torch.float64),
+        torch.tensor(covariances, dtype=torch.float64),
+    )
+
+
+def test_gaussian_mixture_validates_its_parameters():
+    eye = [[1.0, 0.0], [0.0, 1.0]]
+    _mixture([0.3, 0.7], [[0.0, 0.0], [1.0, 1.0]], [eye, eye])  # valid
+    cases = [
+        (
+            ([0.3, 0.6], [[0, 0], [1, 1]], [eye, eye]),
+            "weights: expected non-negative weights summing to 1",
+        ),
+        (([-0.3, 1.3], [[0, 0], [1, 1]], [eye, eye]), "weights: expected non-negative"),
+        (([0.3, 0.7], [[0, 0]], [eye, eye]), r"means: expected shape \(2,\) \+ \(d,\)"),
+        (([0.3, 0.7], [[0, 0], [1, 1]], [eye]), r"covariances: expected shape \(2, 2, 2\)"),
+        (
+            ([0.3, 0.7], [[0, 0], [1, 1]], [eye, [[1.0, 0.5], [0.0, 1.0]]]),
+            "covariances: expected symmetric",
+        ),
+        (
+            ([0.3, 0.7], [[0, 0], [1, 1]], [eye, [[1.0, 0.0], [0.0, -1.0]]]),
+            "covariances: expected positive semi-definite",
+        ),
+        (([0.3, 0.7], [[0, float("nan")], [1, 1]], [eye, eye]), "means: contains NaN"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=f"GaussianMixture.{message}"):
+            _mixture(*args)
+
+
+def test_exact_posterior_and_problem_validate_their_inputs():
+    prior = ProjectionProblem.build(3, 1, num_components=2, seed=0).prior
+    a = random_projections(4, 1, 3, torch.Generator().manual_seed(0))
+    o = torch.zeros(4, 1)
+    with pytest.raises(ValueError, match=r"projection: expected shape \(B, k, 3\)"):
+        exact_posterior(prior, o, a[..., :2])
+    with pytest.raises(ValueError, match=r"observation: expected shape \(4, 1\)"):
+        exact_posterior(prior, torch.zeros(4, 2), a)
+    with pytest.raises(ValueError, match="noise_std: expected a finite number >= 0"):
+        exact_posterior(prior, o, a, noise_std=-0.1)
+    with pytest.raises(ValueError, match="prior: expected an unbatched mixture"):
+        exact_posterior(exact_posterior(prior, o, a), o, a)
+    with pytest.raises(ValueError, match="projection: A Sigma_j A"):
+        exact_posterior(prior, o, torch.zeros(4, 1, 3))  # rank-deficient, noiseless
+    posterior = exact_posterior(prior, o, a)
+    schedule = NoiseSchedule.from_name("cosine", 10)
+    with pytest.raises(ValueError, match=r"target_params: expected shape \(4, k, 3\)"):
+        exact_denoiser(posterior, a[:2], schedule)
+    with pytest.raises(ValueError, match="posterior: expected a mixture batched"):
+        exact_denoiser(prior, a, schedule)
+    with pytest.raises(ValueError, match="noise_std"):
+        exact_denoiser(posterior, a, schedule, noise_std=float("nan"))
+    with pytest.raises(ValueError, match="signal_dim: 4 does not match the prior's dimension 3"):
+        ProjectionProblem(prior, 4, 1)
+    with pytest.raises(ValueError, match="observation_dim: expected 1 <= k < d = 3"):
+        ProjectionProblem(prior, 3, 3, target_views="uniform")
+    with pytest.raises(ValueError, match="noise_std"):
+        ProjectionProblem(prior, 3, 1, noise_std=-1.0)
+    with pytest.raises(ValueError, match="prior: expected an unbatched mixture"):
+        ProjectionProblem(posterior, 3, 1)
+
+
+@pytest.mark.parametrize("noise_std", [0.05, 0.2, 1.0])
+def test_context_correction_is_the_gaussian_posterior_mean(noise_std):
+    # Independent reference: condition the joint Gaussian of (S, O) in float64 by the
+    # block formula on the (d + k)-dimensional covariance, for a general (non-orthonormal) A.
+    d, k, batch, tau_sq = 5, 2, 6, 0.7
+    g = torch.Generator().manual_seed(0)
+    s_hat = torch.randn(batch, d, generator=g, dtype=torch.float64)
+    a = torch.randn(batch, k, d, generator=g, dtype=torch.float64)
+    o = torch.randn(batch, k, generator=g, dtype=torch.float64)
+    out = context_correction(s_hat, a, o, noise_std, tau_sq)
+    for i in range(batch):
+        joint = np.zeros((d + k, d + k))
+        joint[:d, :d] = tau_sq * np.eye(d)
+        joint[:d, d:] = tau_sq * a[i].numpy().T
+        joint[d:, :d] = tau_sq * a[i].numpy()
+        joint[d:, d:] = tau_sq * a[i].numpy() @ a[i].numpy().T + noise_std**2 * np.eye(k)
+        mean_o = a[i].numpy() @ s_hat[i].numpy()
+        expected = s_hat[i].numpy() + joint[:d, d:] @ np.linalg.solve(
+            joint[d:, d:], o[i].numpy() - mean_o
+        )
+        np.testing.assert_allclose(out[i].numpy(), expected, atol=1e-12)
+
+
+def test_context_correction_without_noise_reproduces_the_context_exactly():
+    d, k, batch = 4, 2, 5
+    g = torch.Generator().manual_seed(1)
+    a = random_projections(batch, k, d, g, dtype=torch.float64)
+    s_hat = torch.randn(batch, d, generator=g, dtype=torch.float64)
+    o = torch.randn(batch, k, generator=g, dtype=torch.float64)
+    for tau_sq in (0.1, 1.0, 9.0):
+        out = context_correction(s_hat, a, o, 0.0, tau_sq)
+        assert torch.allclose((a @ out[..., None]).squeeze(-1), o, atol=1e-12)
+        # ... by the orthogonal projection: the part of S_hat orthogonal to the context stays.
+        residual = o - (a @ s_hat[..., None]).squeeze(-1)
+        hard = s_hat + (a.transpose(-1, -2) @ residual[..., None]).squeeze(-1)
+        assert torch.allclose(out, hard, atol=1e-12)
+    # With noise the residual shrinks by exactly tau^2 / (tau^2 + s^2) for orthonormal rows.
+    out = context_correction(s_hat, a, o, 0.5, 1.0)
+    before = o - (a @ s_hat[..., None]).squeeze(-1)
+    after = o - (a @ out[..., None]).squeeze(-1)
+    assert torch.allclose(after, before * 0.25 / 1.25, atol=1e-12)
+
+
+def test_noisy_consistent_predictor_learns_its_prior_variance():
+    problem = ProjectionProblem.build(4, 2, num_components=2, noise_std=0.2, seed=0)
+    predictor = ProjectionPredictor(
+        4, 2, 10, hidden=8, depth=1, context_consistent=True, noise_std=0.2
+    )
+    batch, _ = problem.draw(3, torch.Generator().manual_seed(0))
+    signal = predictor(batch.context, batch.target, torch.zeros(3), batch.target_params)
+    signal.square().sum().backward()
+    assert predictor.log_consistency_var.grad is not None
+    assert predictor.log_consistency_var.grad.abs() > 0
+    # A noiseless predictor has no such parameter (state dicts of 0.2 models still load).
+    assert "log_consistency_var" not in dict(
+        ProjectionPredictor(4, 2, 10, hidden=8, depth=1, context_consistent=True).named_parameters()
+    )

@@ -21,6 +21,7 @@ is averaged away; this is the same assumption as the paper's Proposition 1.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,49 @@ class GaussianMixture:
     weights: Tensor
     means: Tensor
     covariances: Tensor
+
+    def __post_init__(self) -> None:
+        weights, means, covariances = self.weights, self.means, self.covariances
+        if weights.ndim < 1 or weights.shape[-1] < 1:
+            raise ValueError(
+                f"GaussianMixture.weights: expected shape (..., K) with K >= 1, got {tuple(weights.shape)}"
+            )
+        batch, num = weights.shape[:-1], weights.shape[-1]
+        if means.ndim != weights.ndim + 1 or means.shape[:-1] != weights.shape:
+            raise ValueError(
+                f"GaussianMixture.means: expected shape {(*batch, num)} + (d,) to match "
+                f"weights {tuple(weights.shape)}, got {tuple(means.shape)}"
+            )
+        d = means.shape[-1]
+        if covariances.shape != (*batch, num, d, d):
+            raise ValueError(
+                f"GaussianMixture.covariances: expected shape {(*batch, num, d, d)}, "
+                f"got {tuple(covariances.shape)}"
+            )
+        for name, value in (("weights", weights), ("means", means), ("covariances", covariances)):
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"GaussianMixture.{name}: contains NaN or infinite values")
+        w = weights.double()
+        tolerance = 1e-5 if weights.dtype != torch.float64 else 1e-9
+        if bool((w < 0).any()) or not torch.allclose(
+            w.sum(-1), torch.ones_like(w[..., 0]), rtol=0, atol=tolerance
+        ):
+            raise ValueError(
+                "GaussianMixture.weights: expected non-negative weights summing to 1, got sums "
+                f"in [{float(w.sum(-1).min())}, {float(w.sum(-1).max())}] and minimum {float(w.min())}"
+            )
+        if covariances.numel() == 0:
+            return
+        cov = covariances.double()
+        scale = 1 + float(cov.abs().max())
+        if float((cov - cov.transpose(-1, -2)).abs().max()) > 1e-6 * scale:
+            raise ValueError("GaussianMixture.covariances: expected symmetric matrices")
+        smallest = float(torch.linalg.eigvalsh(cov).min())
+        if smallest < -1e-6 * scale:
+            raise ValueError(
+                "GaussianMixture.covariances: expected positive semi-definite matrices, "
+                f"smallest eigenvalue {smallest:.3g}"
+            )
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw samples; returns shape (..., num_samples, d), float64."""
@@ -195,7 +239,28 @@ def exact_posterior(
     Returns:
         A mixture batched over B: weights (B, K), means (B, K, d), covariances (B, K, d, d),
         in float64.
+
+    Raises:
+        ValueError: an unbatched ``prior`` was expected; shapes of ``observation`` and
+            ``projection`` disagree with each other or with the prior's dimension d;
+            ``noise_std`` is negative; or (noiseless) ``A Sigma_j A^T`` is singular.
     """
+    if prior.weights.ndim != 1:
+        raise ValueError(
+            f"prior: expected an unbatched mixture (weights of shape (K,)), got weights "
+            f"{tuple(prior.weights.shape)}"
+        )
+    d = prior.means.shape[-1]
+    if projection.ndim != 3 or projection.shape[-1] != d:
+        raise ValueError(
+            f"projection: expected shape (B, k, {d}) for a prior in R^{d}, got {tuple(projection.shape)}"
+        )
+    if observation.shape != projection.shape[:2]:
+        raise ValueError(
+            f"observation: expected shape {tuple(projection.shape[:2])} to match projection "
+            f"{tuple(projection.shape)}, got {tuple(observation.shape)}"
+        )
+    _check_noise_std(noise_std)
     obs = observation.double()[:, None, :, None]  # (B, 1, k, 1)
     a = projection.double()[:, None]  # (B, 1, k, d)
     mu = prior.means.double()[None, :, :, None]  # (1, K, d, 1)
@@ -205,7 +270,13 @@ def exact_posterior(
         k, dtype=torch.float64
     )  # (B, K, k, k)
     residual = obs - a @ mu  # (B, K, k, 1)
-    c_chol = torch.linalg.cholesky(c)
+    c_chol, info = torch.linalg.cholesky_ex(c)
+    if bool((info > 0).any()):
+        raise ValueError(
+            "projection: A Sigma_j A^T + noise_std^2 I is singular for some context and "
+            "component (rank-deficient projection rows or a degenerate prior component); "
+            "use projections with orthonormal rows or noise_std > 0"
+        )
     solved = torch.cholesky_solve(residual, c_chol)  # C^{-1} r
     gain = sigma @ a.transpose(-1, -2)  # Sigma A^T, (B, K, d, k)
     means = (mu + gain @ solved).squeeze(-1)  # (B, K, d)
@@ -215,6 +286,16 @@ def exact_posterior(
     mahalanobis = (residual * solved).sum(dim=(-2, -1))  # (B, K)
     log_weights = prior.weights.double().log()[None] - 0.5 * (mahalanobis + log_det)
     return GaussianMixture(torch.softmax(log_weights, dim=-1), means, covariances)
+
+
+def _check_noise_std(noise_std: float) -> None:
+    if not (
+        isinstance(noise_std, numbers.Real)
+        and not isinstance(noise_std, bool)
+        and math.isfinite(noise_std)
+        and noise_std >= 0
+    ):
+        raise ValueError(f"noise_std: expected a finite number >= 0, got {noise_std!r}")
 
 
 def exact_denoiser(
@@ -242,6 +323,18 @@ def exact_denoiser(
     Returns:
         ``denoiser(x_t (B, k), t (B,)) -> Denoised(x0 (B, k), signal (B, d))``, float64.
     """
+    if posterior.weights.ndim != 2:
+        raise ValueError(
+            "posterior: expected a mixture batched over B (weights (B, K)), got weights "
+            f"{tuple(posterior.weights.shape)}"
+        )
+    batch, d = posterior.weights.shape[0], posterior.means.shape[-1]
+    if target_params.ndim != 3 or target_params.shape[0] != batch or target_params.shape[-1] != d:
+        raise ValueError(
+            f"target_params: expected shape ({batch}, k, {d}) to match the posterior, "
+            f"got {tuple(target_params.shape)}"
+        )
+    _check_noise_std(noise_std)
     a_mat = target_params.double()[:, None]  # (B, 1, k, d)
     means = posterior.means.double()[..., None]  # (B, K, d, 1)
     cov_s = posterior.covariances.double()  # (B, K, d, d)
@@ -310,6 +403,22 @@ class ProjectionProblem:
     target_views: str = "complement"
 
     def __post_init__(self) -> None:
+        if self.prior.weights.ndim != 1:
+            raise ValueError(
+                "prior: expected an unbatched mixture (weights of shape (K,)), got weights "
+                f"{tuple(self.prior.weights.shape)}"
+            )
+        if self.prior.means.shape[-1] != self.signal_dim:
+            raise ValueError(
+                f"signal_dim: {self.signal_dim} does not match the prior's dimension "
+                f"{self.prior.means.shape[-1]}"
+            )
+        if not 1 <= self.observation_dim < self.signal_dim:
+            raise ValueError(
+                f"observation_dim: expected 1 <= k < d = {self.signal_dim} (an ambiguous "
+                f"problem), got {self.observation_dim}"
+            )
+        _check_noise_std(self.noise_std)
         if self.target_views not in ("uniform", "complement"):
             raise ValueError(
                 f"target_views: expected 'uniform' or 'complement', got {self.target_views!r}"
@@ -467,6 +576,47 @@ class FourierFeatures(nn.Module):
         return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 
 
+def context_correction(
+    signal: Tensor,
+    params: Tensor,
+    observation: Tensor,
+    noise_std: float,
+    prior_var: Tensor | float = 1.0,
+) -> Tensor:
+    """Data consistency with a noisy linear observation: the Gaussian posterior mean.
+
+    Treat the network's signal as a Gaussian estimate of the true one, S ~ N(S_hat, tau^2 I),
+    and the context as O = A S + noise_std * eps. (S, O) is then jointly Gaussian with
+    Cov(S, O) = tau^2 A^T and Cov(O) = tau^2 A A^T + noise_std^2 I, and conditioning on O
+    (the formula ``exact_posterior`` applies per component) gives
+
+        E[S | O] = S_hat + tau^2 A^T (tau^2 A A^T + noise_std^2 I)^{-1} (O - A S_hat).
+
+    For noise_std = 0 and orthonormal rows (A A^T = I) this is S_hat + A^T (O - A S_hat),
+    the projection onto {S : A S = O} whatever tau: the noiseless consistency layer. For
+    noise_std > 0 the correction along the context directions is shrunk by
+    tau^2 / (tau^2 + noise_std^2), so a sample may (and should) miss a noisy context
+    observation by about the noise: forcing A S = O exactly would be wrong there.
+
+    Args:
+        signal: S_hat, shape (B, d).
+        params: A, shape (B, k, d) (any full-row-rank matrix).
+        observation: O, shape (B, k).
+        noise_std: standard deviation of the observation noise, >= 0.
+        prior_var: tau^2 > 0, a scalar (float or 0-dim tensor, e.g. a learned parameter).
+
+    Returns:
+        shape (B, d), in ``signal``'s dtype.
+    """
+    k = params.shape[-2]
+    residual = observation - (params @ signal[..., None]).squeeze(-1)  # O - A S_hat, (B, k)
+    eye = torch.eye(k, dtype=signal.dtype, device=signal.device)
+    gram = params @ params.transpose(-1, -2)  # A A^T, (B, k, k)
+    covariance = prior_var * gram + noise_std**2 * eye  # Cov(O), (B, k, k)
+    gain_input = torch.linalg.solve(covariance, residual[..., None])  # (B, k, 1)
+    return signal + prior_var * (params.transpose(-1, -2) @ gain_input).squeeze(-1)
+
+
 def _mlp(in_features: int, hidden: int, depth: int, out_features: int) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Linear(in_features, hidden), nn.SiLU()]
     for _ in range(depth - 1):
@@ -480,11 +630,13 @@ class ProjectionPredictor(nn.Module):
 
     ``(context: Context, noisy_target (B, k), t (B,), target_params (B, k, d)) -> S (B, d)``.
 
-    With ``context_consistent`` the MLP output is projected onto the affine set of
-    signals that reproduce the context exactly, S <- S + A_c^T (O_c - A_c S) (A_c has
-    orthonormal rows). This is a data-consistency layer for *noiseless* observations:
-    the true posterior lives on that set, so the network only has to learn the
-    distribution within it. It needs the context, so train without context dropout.
+    With ``context_consistent`` the MLP output is corrected by the context's observation
+    (``context_correction``): the Gaussian posterior-mean update given the known forward
+    model and noise level ``noise_std``. Noiseless, it is the projection onto the signals
+    that reproduce the context exactly, S <- S + A_c^T (O_c - A_c S) (A_c has orthonormal
+    rows), where the true posterior lives, so the network only has to learn the
+    distribution within that set. With noise the update is soft, with a learned prior
+    variance. It needs the context, so train without context dropout.
 
     Views enter as basis-free features (``_context_features``): projectors A^T A and
     back-projections A^T O. With a ``schedule`` the network is preconditioned
@@ -502,6 +654,7 @@ class ProjectionPredictor(nn.Module):
         hidden: int = 256,
         depth: int = 4,
         context_consistent: bool = False,
+        noise_std: float = 0.0,
         schedule: NoiseSchedule | None = None,
         data_std: float = 1.0,
         fourier_features: int = 0,
@@ -512,6 +665,14 @@ class ProjectionPredictor(nn.Module):
         self.signal_dim, self.observation_dim = signal_dim, observation_dim
         self.num_timesteps = num_timesteps
         self.context_consistent = context_consistent
+        _check_noise_std(noise_std)
+        self.noise_std = float(noise_std)
+        if context_consistent and noise_std > 0:
+            # log tau^2 of ``context_correction``, learned: how far to trust the network's
+            # signal against a noisy context observation. Starts at tau^2 = data_std^2.
+            self.log_consistency_var = nn.Parameter(
+                torch.full((), 2 * math.log(data_std), dtype=torch.float32)
+            )
         self.data_std = data_std
         if schedule is not None and schedule.num_timesteps != num_timesteps:
             raise ValueError(
@@ -569,10 +730,12 @@ class ProjectionPredictor(nn.Module):
         if alpha_bar is not None:
             signal = self._precondition(signal, noisy_target, alpha_bar, target_params)
         if self.context_consistent:
-            residual = context.observation - (context.params @ signal[..., None]).squeeze(
-                -1
-            )  # (B, k)
-            signal = signal + (context.params.transpose(-1, -2) @ residual[..., None]).squeeze(-1)
+            prior_var = (
+                self.log_consistency_var.exp() if self.noise_std > 0 else signal.new_ones(())
+            )
+            signal = context_correction(
+                signal, context.params, context.observation, self.noise_std, prior_var
+            )
         return signal
 
     def _precondition(
@@ -761,8 +924,9 @@ class ProjectionModelConfig:
     preconditioned: bool = True
     """Skip connection and input scaling in the predictor (``ProjectionPredictor``)."""
     context_consistent: bool = True
-    """Project predicted signals onto the signals that reproduce the context exactly
-    (a data-consistency layer; noiseless problems only)."""
+    """Correct predicted signals by the context observation (``context_correction``):
+    the projection onto the signals that reproduce it exactly when noiseless, the
+    Gaussian posterior-mean update with the problem's noise level otherwise."""
     context_dropout: float = 0.0
     """Probability of dropping a sample's context in training (classifier-free
     guidance); must be 0 with ``context_consistent``, which needs the context."""
@@ -783,11 +947,9 @@ class ProjectionModelConfig:
 
     def check_noise(self, noise_std: float) -> None:
         """Raise ValueError if the model cannot serve a problem with this observation noise."""
-        if self.context_consistent and noise_std > 0:
-            raise ValueError(
-                "model.context_consistent assumes noiseless observations; set "
-                f"model.context_consistent=false for problem.noise_std={noise_std}"
-            )
+        # Every noise level is served since ``context_correction`` is noise-aware
+        # (dfm-core 0.3); only the value itself is checked.
+        _check_noise_std(noise_std)
 
     def build(
         self, problem: ProjectionProblem, schedule: NoiseSchedule, seed: int = 0
@@ -795,7 +957,7 @@ class ProjectionModelConfig:
         """Both models, with initial weights drawn from ``seed`` (global RNG untouched).
 
         Raises:
-            ValueError: ``context_consistent`` with a noisy problem.
+            ValueError: an invalid ``problem.noise_std``.
         """
         self.check_noise(problem.noise_std)
         d, k = problem.signal_dim, problem.observation_dim
@@ -813,6 +975,7 @@ class ProjectionModelConfig:
                 hidden=self.hidden,
                 depth=self.depth,
                 context_consistent=self.context_consistent,
+                noise_std=problem.noise_std,
                 schedule=schedule if self.preconditioned else None,
                 **fourier,
             )
