@@ -1,5 +1,80 @@
-"""Cameras, rays, volume rendering and pixelNeRF conditioning for 3D DFM."""
+"""dfm-render: the 3D forward model of DFM and the inverse-graphics model built on it.
 
-__version__ = "0.1.0"
+Stages, one module each: ``cameras`` (pixel grids, rays, projection), ``ray_sampling``
+(depths along rays, hierarchical sampling), ``raymarching`` (emission-absorption
+compositing), ``encoding`` and ``pixel_features`` (pixelNeRF conditioning), ``field`` (the
+time-conditioned radiance field), ``encoder`` (conv stem + DiT), ``renderer`` (the forward
+model), ``model`` (DFM predictor, pixelNeRF baseline), ``losses``, ``presets``; plus
+``trajectories`` (camera paths) and ``export`` (point clouds, meshes).
+"""
 
-__all__ = ["__version__"]
+from dfm_render.cameras import (
+    Projection,
+    Rays,
+    crop_patches,
+    patch_grid,
+    pixel_grid,
+    project_points,
+    random_patch_origins,
+    rays_from_pixels,
+)
+from dfm_render.encoder import EncoderConfig, ImageEncoder
+from dfm_render.encoding import PositionalEncoding
+from dfm_render.field import FieldConfig, FieldOutput, RadianceFieldMLP
+from dfm_render.losses import LossWeights, LPIPSLoss, MissingWeightsError
+from dfm_render.model import (
+    PixelNeRFBaseline,
+    SceneCondition,
+    ScenePredictor,
+    load_baseline_into,
+    make_scene_batch,
+)
+from dfm_render.pixel_features import sample_pixel_features
+from dfm_render.presets import SCENE_PRESETS, SamplingConfig, SceneModelConfig, scene_config
+from dfm_render.ray_sampling import sample_along_rays, sample_pdf
+from dfm_render.raymarching import RayRendering, composite, distortion_loss, merge_samples
+from dfm_render.renderer import Camera, RendererConfig, SceneField, SceneRendering, VolumeRenderer
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "SCENE_PRESETS",
+    "Camera",
+    "EncoderConfig",
+    "FieldConfig",
+    "FieldOutput",
+    "ImageEncoder",
+    "LPIPSLoss",
+    "LossWeights",
+    "MissingWeightsError",
+    "PixelNeRFBaseline",
+    "PositionalEncoding",
+    "Projection",
+    "RadianceFieldMLP",
+    "RayRendering",
+    "Rays",
+    "RendererConfig",
+    "SamplingConfig",
+    "SceneCondition",
+    "SceneField",
+    "SceneModelConfig",
+    "ScenePredictor",
+    "SceneRendering",
+    "VolumeRenderer",
+    "__version__",
+    "composite",
+    "crop_patches",
+    "distortion_loss",
+    "load_baseline_into",
+    "make_scene_batch",
+    "merge_samples",
+    "patch_grid",
+    "pixel_grid",
+    "project_points",
+    "random_patch_origins",
+    "rays_from_pixels",
+    "sample_along_rays",
+    "sample_pdf",
+    "sample_pixel_features",
+    "scene_config",
+]

@@ -1,0 +1,208 @@
+"""The pixel-aligned radiance field: a time-conditioned ResNet-FC over views (pixelNeRF + DFM).
+
+A 3D point x is taken into every view's camera frame, positionally encoded there, and paired
+with the feature read at its projection in that view's feature map (pixelNeRF, Yu et al. 2021).
+Each (point, view) pair runs through the first ``combine_layer`` residual blocks on its own,
+the blocks are mean-pooled over the views that see the point, and the remaining blocks map the
+pooled code to RGB, density and optional feature channels. Every block is FiLM-modulated by the
+view's diffusion time (DFM, Tewari et al. 2023, section 3.2 and Fig. 2): context views carry
+t = 0, the noisy target view its denoising t; after pooling the target's time conditions.
+
+The first layer is linear in the concatenation [PE(x); f(uv)], so its feature half commutes with
+bilinear sampling: ``W_f · sample(F, uv) = sample(W_f · F, uv)``. ``project_features`` applies
+``W_f`` once per feature-map pixel instead of once per (point, view); the field then samples the
+projected map. The result is identical to the original's ``lin_in`` on the concatenation (tested),
+at a fraction of the cost when points outnumber pixels (they do by ~100x).
+
+Shapes: B batch, V views, P points, C_in encoder feature channels, W field width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from dfm_render.cameras import project_points
+from dfm_render.encoding import PositionalEncoding
+from dfm_render.pixel_features import sample_pixel_features
+
+__all__ = ["FieldConfig", "FieldOutput", "RadianceFieldMLP"]
+
+
+@dataclass
+class FieldConfig:
+    """Hyper-parameters of ``RadianceFieldMLP``; ``build()`` makes it."""
+
+    feature_channels: int = 512
+    """Channels C_in of the encoder's pixel-aligned feature maps."""
+    width: int = 512
+    """Hidden width W of the residual blocks."""
+    num_blocks: int = 5
+    """Residual FC blocks."""
+    combine_layer: int = 3
+    """Blocks run per view before the mean over views (the original's combine_layer)."""
+    time_embed_dim: int = 2048
+    """Width of the time embedding that FiLM-modulates every block."""
+    output_features: int = 0
+    """Extra rendered feature channels besides RGB and density (64 for O_det in DFM)."""
+    num_freqs: int = 6
+    """Positional-encoding frequencies of the camera-frame point (39 inputs with 6)."""
+    freq_factor: float = 1.5
+    """Base frequency of the positional encoding: frequencies freq_factor * 2^k."""
+    density_shift: float = -1.0
+    """density = softplus(raw + shift); a negative shift starts the field near-empty."""
+
+    def __post_init__(self) -> None:
+        for name in ("feature_channels", "width", "num_blocks", "time_embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FieldConfig.{name}: expected >= 1, got {getattr(self, name)}")
+        if not 0 <= self.combine_layer <= self.num_blocks:
+            raise ValueError(
+                f"FieldConfig.combine_layer: expected 0..num_blocks={self.num_blocks}, "
+                f"got {self.combine_layer}"
+            )
+        if self.output_features < 0:
+            raise ValueError(
+                f"FieldConfig.output_features: expected >= 0, got {self.output_features}"
+            )
+
+    def build(self) -> RadianceFieldMLP:
+        """Instantiate the field (random weights; the residual branches start at zero)."""
+        return RadianceFieldMLP(self)
+
+
+@dataclass(frozen=True)
+class FieldOutput:
+    """What the field returns for P points.
+
+    Attributes:
+        density: (B, P) >= 0, in inverse scene units.
+        rgb: (B, P, 3) in [0, 1].
+        features: (B, P, output_features), or None when the field has none.
+    """
+
+    density: Tensor
+    rgb: Tensor
+    features: Tensor | None
+
+
+class ResnetBlockFC(nn.Module):
+    """Pre-activation residual FC block with a FiLM (scale, shift) from the time embedding.
+
+    ``x + fc_1(relu(film(fc_0(relu(x)))))``; ``fc_1`` starts at zero, so each block starts as the
+    identity (as in pixelNeRF's ResnetFC).
+    """
+
+    def __init__(self, width: int, time_embed_dim: int) -> None:
+        super().__init__()
+        self.fc_0 = nn.Linear(width, width)
+        self.fc_1 = nn.Linear(width, width)
+        self.film = nn.Sequential(nn.SiLU(), nn.Linear(time_embed_dim, 2 * width))
+        nn.init.kaiming_normal_(self.fc_0.weight, a=0.0, mode="fan_in")
+        nn.init.zeros_(self.fc_0.bias)
+        nn.init.zeros_(self.fc_1.weight)
+        nn.init.zeros_(self.fc_1.bias)
+
+    def forward(self, x: Tensor, time_embedding: Tensor) -> Tensor:
+        """x (..., W); time_embedding broadcastable to (..., T) -> (..., W)."""
+        scale, shift = self.film(time_embedding).chunk(2, dim=-1)  # (..., W) each
+        h = self.fc_0(F.relu(x)) * (1 + scale) + shift
+        return x + self.fc_1(F.relu(h))
+
+
+class RadianceFieldMLP(nn.Module):
+    """Pixel-aligned, time-conditioned radiance field over any number of views.
+
+    Use ``project_features`` once per feature map, then ``forward`` per batch of points.
+    """
+
+    def __init__(self, config: FieldConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoding = PositionalEncoding(3, c.num_freqs, c.freq_factor, include_input=True)
+        # lin_in of the original, split into its position and feature halves (module docstring).
+        self.lin_pos = nn.Linear(self.encoding.out_dim, c.width)
+        self.lin_feat = nn.Conv2d(c.feature_channels, c.width, kernel_size=1, bias=False)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(c.width, c.time_embed_dim),
+            nn.GELU(),
+            nn.Linear(c.time_embed_dim, c.time_embed_dim),
+        )
+        self.blocks = nn.ModuleList(
+            ResnetBlockFC(c.width, c.time_embed_dim) for _ in range(c.num_blocks)
+        )
+        self.lin_out = nn.Linear(c.width, 4 + c.output_features)
+
+    # ---- per feature map ---------------------------------------------------------------
+    def project_features(self, features: Tensor) -> Tensor:
+        """Apply the feature half of the first layer to whole maps: (N, C_in, H, W) -> (N, W, H, W)."""
+        return self.lin_feat(features)
+
+    def time_embedding(self, t: Tensor) -> Tensor:
+        """(B, V) diffusion times -> (B, V, time_embed_dim)."""
+        from dfm_core.dit import timestep_embedding
+
+        flat = timestep_embedding(t.reshape(-1), self.config.width)  # (B*V, W)
+        emb = self.time_mlp(flat.to(self.lin_pos.weight.dtype))
+        return emb.reshape(*t.shape, -1)
+
+    # ---- per batch of points -----------------------------------------------------------
+    def forward(
+        self,
+        points: Tensor,
+        projected_maps: Tensor,
+        c2w: Tensor,
+        intrinsics: Tensor,
+        time_embedding: Tensor,
+    ) -> FieldOutput:
+        """Evaluate the field at world points.
+
+        Args:
+            points: (B, P, 3) world points.
+            projected_maps: (B, V, W, H, W_img) from ``project_features``, one per view.
+            c2w: (B, V, 4, 4) OpenCV camera-to-world of each view.
+            intrinsics: (B, V, 3, 3) normalised intrinsics of each view.
+            time_embedding: (B, V, T) from ``time_embedding``; the last view's conditions
+                the blocks after the mean over views (DFM: the noisy target view).
+
+        Returns:
+            ``FieldOutput`` for the P points.
+        """
+        cfg = self.config
+        projection = project_points(points, c2w, intrinsics)  # uv (B,V,P,2), depth (B,V,P)
+        sampled, valid = sample_pixel_features(projected_maps, projection.uv, projection.depth)
+        # (B, V, P, W) per-view input: W_p PE(x_cam) + sample(W_f F, uv) [+ bias].
+        h = self.lin_pos(self.encoding(projection.points)) + sampled
+        per_view_time = time_embedding[:, :, None, :]  # (B, V, 1, T)
+        for block in self.blocks[: cfg.combine_layer]:
+            h = block(h, per_view_time)
+        # Mean over the views that see the point (the original averages every view, seen or
+        # not, because it border-pads); a point no view sees keeps the plain mean.
+        weight = valid.to(h.dtype)[..., None]  # (B, V, P, 1)
+        seen = weight.sum(dim=1)  # (B, P, 1)
+        pooled = torch.where(
+            seen > 0, (h * weight).sum(dim=1) / seen.clamp(min=1.0), h.mean(dim=1)
+        )  # (B, P, W)
+        target_time = time_embedding[:, -1, None, :]  # (B, 1, T)
+        for block in self.blocks[cfg.combine_layer :]:
+            pooled = block(pooled, target_time)
+        out = self.lin_out(F.relu(pooled))  # (B, P, 4 + F_out)
+        density = F.softplus(out[..., 3] + cfg.density_shift)
+        rgb = torch.sigmoid(out[..., :3])
+        features = out[..., 4:] if cfg.output_features else None
+        return FieldOutput(density=density, rgb=rgb, features=features)
+
+
+def field_input_dim(config: FieldConfig) -> int:
+    """Width of the original's concatenated first-layer input: PE dims + C_in."""
+    return 3 * (1 + 2 * config.num_freqs) + config.feature_channels
+
+
+def with_output_features(config: FieldConfig, output_features: int) -> FieldConfig:
+    """A copy of ``config`` with another number of extra output channels."""
+    return dataclasses.replace(config, output_features=output_features)

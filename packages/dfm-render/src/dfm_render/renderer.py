@@ -1,0 +1,314 @@
+"""The 3D forward model: render a radiance field at a camera (the ``forward`` of DFM's eq. 8-9).
+
+A *signal* here is a ``SceneField``: the encoded views and the MLP that together define density
+and colour at every 3D point. ``VolumeRenderer(field, camera)`` renders it at a ``Camera`` (the
+forward-model parameters phi) into a ``SceneRendering`` whose ``observation`` is the image in
+[-1, 1]; depth, opacity, compositing weights and rendered feature channels ride along for the
+regularisers (dfm-core's ``LossInputs``).
+
+Rendering a ray (Mildenhall et al. 2020, eq. 3; hierarchical sampling, section 5.2):
+
+1. ``num_coarse`` depths between near and far (bin centres, or one uniform draw per bin while
+   training);
+2. the field at those points; their compositing weights, detached, define a piecewise-constant
+   pdf from which ``num_fine`` more depths are drawn;
+3. the field at the new points; both sets are merged, sorted and composited.
+
+The original DFM code evaluates a separate *coarse* MLP in step 2 that never receives a gradient
+(its output only places samples, under ``no_grad``), then re-evaluates all coarse + fine points
+with the fine MLP. Here one field serves both passes and the coarse evaluations are reused in the
+final composite: the proposal is the trained field itself, and a ray costs num_coarse + num_fine
+field evaluations instead of num_coarse + (num_coarse + num_fine).
+
+Memory: full images are rendered in chunks of rays; while training, each chunk's field
+evaluations can be recomputed in the backward pass (``checkpoint``), so a training step stores
+only the chunk's inputs and outputs, not the MLP's activations for every (point, view).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from dfm_render.cameras import patch_grid, pixel_grid, rays_from_pixels
+from dfm_render.field import FieldOutput, RadianceFieldMLP
+from dfm_render.ray_sampling import sample_along_rays, sample_pdf
+from dfm_render.raymarching import composite, merge_samples
+
+__all__ = ["Camera", "RendererConfig", "SceneField", "SceneRendering", "VolumeRenderer"]
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Forward-model parameters of one view per batch element (or N views: extra dim N).
+
+    Attributes:
+        c2w: (B, 4, 4) or (B, N, 4, 4) OpenCV camera-to-world, relative to context view 0.
+        intrinsics: (B, 3, 3) or (B, N, 3, 3) normalised intrinsics.
+        near: (B,) near plane (z-depth, scene units).
+        far: (B,) far plane.
+        height: image height H in pixels.
+        width: image width W.
+        patch_origin: None to render the whole image, else (B, 2) or (B, N, 2) int64 (row,
+            col) of the top-left pixel of a ``patch_size`` square patch.
+        patch_size: side of the patch (with ``patch_origin``).
+        absolute_c2w: absolute pose(s), same shape as ``c2w``; read only by encoders that
+            condition on absolute poses.
+    """
+
+    c2w: Tensor
+    intrinsics: Tensor
+    near: Tensor
+    far: Tensor
+    height: int
+    width: int
+    patch_origin: Tensor | None = None
+    patch_size: int | None = None
+    absolute_c2w: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.c2w.shape[-2:] != (4, 4) or self.c2w.ndim not in (3, 4):
+            raise ValueError(
+                f"Camera.c2w: expected (B, 4, 4) or (B, N, 4, 4), got {tuple(self.c2w.shape)}"
+            )
+        if self.intrinsics.shape[:-2] != self.c2w.shape[:-2] or self.intrinsics.shape[-2:] != (
+            3,
+            3,
+        ):
+            raise ValueError(
+                f"Camera.intrinsics: expected {(*self.c2w.shape[:-2], 3, 3)}, got {tuple(self.intrinsics.shape)}"
+            )
+        if (self.patch_origin is None) != (self.patch_size is None):
+            raise ValueError("Camera: patch_origin and patch_size go together")
+        if self.patch_size is not None and not 1 <= self.patch_size <= min(self.height, self.width):
+            raise ValueError(
+                f"Camera.patch_size: expected 1..{min(self.height, self.width)}, got {self.patch_size}"
+            )
+
+    @property
+    def multi_view(self) -> bool:
+        """Whether the camera holds N views per batch element."""
+        return self.c2w.ndim == 4
+
+    def full_image(self) -> Camera:
+        """The same view(s) without the patch selection."""
+        return Camera(
+            self.c2w, self.intrinsics, self.near, self.far, self.height, self.width,
+            absolute_c2w=self.absolute_c2w,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SceneField:
+    """A radiance field defined by encoded views: the signal DFM samples (module docstring).
+
+    Attributes:
+        maps: (B, V, W, H, W_img) projected feature maps (``RadianceFieldMLP.project_features``).
+        c2w: (B, V, 4, 4) poses of the views.
+        intrinsics: (B, V, 3, 3) normalised intrinsics of the views.
+        time_embedding: (B, V, T) FiLM time embedding per view (the last view's conditions
+            the blocks after the mean over views).
+        near, far: (B,) the scene's depth range.
+        mlp: the field network (shared, not batched).
+    """
+
+    maps: Tensor
+    c2w: Tensor
+    intrinsics: Tensor
+    time_embedding: Tensor
+    near: Tensor
+    far: Tensor
+    mlp: RadianceFieldMLP
+
+    def query(self, points: Tensor) -> FieldOutput:
+        """Density, colour and features at world points (B, P, 3)."""
+        return self.mlp(points, self.maps, self.c2w, self.intrinsics, self.time_embedding)
+
+
+@dataclass(frozen=True)
+class SceneRendering:
+    """A rendered view (or patch) and its auxiliaries.
+
+    For a single-view ``Camera``, image-like fields are (B, C, h, w), with (h, w) the image
+    or patch size; for N views they are (B, N, C, h, w).
+
+    Attributes:
+        observation: RGB in [-1, 1] (what the DFM losses compare).
+        depth: expected z-depth sum_i w_i t_i, one channel.
+        opacity: sum_i w_i, one channel.
+        features: rendered feature channels, or None.
+        weights: (B, R, S) compositing weights of every ray (R = N h w), for the distortion loss.
+        t: (B, R, S) sample depths of every ray.
+    """
+
+    observation: Tensor
+    depth: Tensor
+    opacity: Tensor
+    features: Tensor | None
+    weights: Tensor
+    t: Tensor
+
+
+@dataclass
+class RendererConfig:
+    """Sampling along rays (module docstring)."""
+
+    num_coarse: int = 64
+    """Depths per ray placed between near and far (the original: 64)."""
+    num_fine: int = 64
+    """Depths per ray drawn from the coarse weights (the original: 64; 0 disables)."""
+    spacing: str = "linear"
+    """Coarse spacing: ``linear`` in depth or ``inverse_depth`` (denser near the camera)."""
+    stratified: bool = True
+    """Jitter coarse depths within their bins while training (deterministic otherwise)."""
+    chunk: int = 4096
+    """Rays per chunk; bounds the memory of full-image renders."""
+    far_delta: float = 1e10
+    """Interval of the last sample: a large value makes it an opaque backdrop (NeRF)."""
+    checkpoint: bool = True
+    """Recompute each chunk's field evaluations in the backward pass (training only)."""
+
+    def __post_init__(self) -> None:
+        if self.num_coarse < 1 or self.num_fine < 0 or self.chunk < 1:
+            raise ValueError(
+                "RendererConfig: need num_coarse >= 1, num_fine >= 0, chunk >= 1, got "
+                f"{self.num_coarse}, {self.num_fine}, {self.chunk}"
+            )
+        if self.spacing not in ("linear", "inverse_depth"):
+            raise ValueError(
+                f"RendererConfig.spacing: expected 'linear' or 'inverse_depth', got {self.spacing!r}"
+            )
+
+
+class VolumeRenderer(nn.Module):
+    """Renders a ``SceneField`` at a ``Camera``: the forward model of inverse graphics.
+
+    Has no parameters; it is a module so ``.train()``/``.eval()`` switch the jitter.
+    """
+
+    def __init__(self, config: RendererConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, field: SceneField, camera: Camera) -> SceneRendering:
+        """Render ``field`` at ``camera`` (full image or patch, one or N views)."""
+        batch = camera.c2w.shape[0]
+        views = camera.c2w.shape[1] if camera.multi_view else 1
+        c2w = camera.c2w.reshape(batch * views, 4, 4)
+        intrinsics = camera.intrinsics.reshape(batch * views, 3, 3)
+        if camera.patch_origin is None:
+            h, w = camera.height, camera.width
+            uv = pixel_grid(h, w, device=c2w.device, dtype=c2w.dtype).expand(batch * views, -1, -1)
+        else:
+            assert camera.patch_size is not None
+            h = w = camera.patch_size
+            uv = patch_grid(camera.height, camera.width, h, camera.patch_origin.reshape(-1, 2))
+            uv = uv.to(c2w)
+        rays = rays_from_pixels(c2w, intrinsics, uv)  # (B*N, R, 3)
+        origins = rays.origins.reshape(batch, views * h * w, 3)
+        directions = rays.directions.reshape(batch, views * h * w, 3)
+        color, depth, opacity, features, weights, t = self.render_rays(
+            field, origins, directions, camera.near, camera.far
+        )
+
+        def image(x: Tensor) -> Tensor:  # (B, N*h*w, C) -> (B[, N], C, h, w)
+            x = x.reshape(batch, views, h, w, -1).permute(0, 1, 4, 2, 3)
+            return x if camera.multi_view else x[:, 0]
+
+        return SceneRendering(
+            observation=image(color) * 2 - 1,
+            depth=image(depth[..., None]),
+            opacity=image(opacity[..., None]),
+            features=None if features is None else image(features),
+            weights=weights,
+            t=t,
+        )
+
+    def render_rays(
+        self, field: SceneField, origins: Tensor, directions: Tensor, near: Tensor, far: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        """Render rays (B, R, 3) in chunks.
+
+        Returns:
+            colour (B, R, 3) in [0, 1], depth (B, R), opacity (B, R), features (B, R, F) or
+            None, weights (B, R, S), t (B, R, S).
+        """
+        cfg = self.config
+        recompute = cfg.checkpoint and self.training and torch.is_grad_enabled()
+        outs = []
+        for start in range(0, origins.shape[1], cfg.chunk):
+            chunk = (
+                origins[:, start : start + cfg.chunk],
+                directions[:, start : start + cfg.chunk],
+            )
+            if recompute:
+                outs.append(
+                    checkpoint(self._render_chunk, field, *chunk, near, far, use_reentrant=False)
+                )
+            else:
+                outs.append(self._render_chunk(field, *chunk, near, far))
+        parts = list(zip(*outs, strict=True))
+        cat = [None if part[0] is None else torch.cat(part, dim=1) for part in parts]
+        return cat[0], cat[1], cat[2], cat[3], cat[4], cat[5]  # type: ignore[return-value]
+
+    def _render_chunk(
+        self, field: SceneField, origins: Tensor, directions: Tensor, near: Tensor, far: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        cfg = self.config
+        rays = origins.shape[1]
+        jitter = self.training and cfg.stratified
+        t_coarse = sample_along_rays(
+            near, far, cfg.num_coarse, rays, stratified=jitter, spacing=cfg.spacing
+        ).to(origins)  # (B, r, Sc)
+        coarse = self._query(field, origins, directions, t_coarse)
+        if cfg.num_fine == 0:
+            t, out = t_coarse, coarse
+        else:
+            with torch.no_grad():
+                proposal = composite(coarse.density, coarse.rgb, t_coarse, far_delta=cfg.far_delta)
+            t_fine = sample_pdf(
+                t_coarse,
+                proposal.weights,
+                cfg.num_fine,
+                near=near,
+                far=far,
+                deterministic=not self.training,
+            ).to(origins)  # (B, r, Sf), detached
+            fine = self._query(field, origins, directions, t_fine)
+            t, order = merge_samples(t_coarse, t_fine)  # reuse the coarse evaluations
+
+            def merged(a: Tensor, b: Tensor) -> Tensor:  # (B, r, S*, [C]) -> sorted union
+                both = torch.cat([a, b], dim=2)
+                index = order if both.ndim == 3 else order[..., None].expand_as(both)
+                return torch.gather(both, 2, index)
+
+            out = FieldOutput(
+                density=merged(coarse.density, fine.density),
+                rgb=merged(coarse.rgb, fine.rgb),
+                features=None
+                if coarse.features is None or fine.features is None
+                else merged(coarse.features, fine.features),
+            )
+        values = out.rgb if out.features is None else torch.cat([out.rgb, out.features], -1)
+        background = torch.zeros(values.shape[-1], dtype=values.dtype, device=values.device)
+        result = composite(out.density, values, t, far_delta=cfg.far_delta, background=background)
+        color = result.features[..., :3]
+        features = None if out.features is None else result.features[..., 3:]
+        return color, result.depth, result.opacity, features, result.weights, result.t
+
+    @staticmethod
+    def _query(field: SceneField, origins: Tensor, directions: Tensor, t: Tensor) -> FieldOutput:
+        """The field at origins + t * directions: t (B, r, S) -> outputs (B, r, S, ...)."""
+        batch, rays, samples = t.shape
+        points = origins[:, :, None] + t[..., None] * directions[:, :, None]  # (B, r, S, 3)
+        out = field.query(points.reshape(batch, rays * samples, 3))
+        return FieldOutput(
+            density=out.density.reshape(batch, rays, samples),
+            rgb=out.rgb.reshape(batch, rays, samples, 3),
+            features=None
+            if out.features is None
+            else out.features.reshape(batch, rays, samples, -1),
+        )

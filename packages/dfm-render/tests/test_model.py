@@ -1,0 +1,395 @@
+"""The inverse-graphics DFM model: field, renderer, predictor, baseline, presets.
+
+Tiny sizes throughout (16x16 images, a few samples per ray); the references are independent
+recomputations (the original's concatenated first layer, a full render cropped, unchunked and
+un-checkpointed renders) and dfm-core's own contracts (samplers, once-per-sample encoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dfm_core.diffusion import LossInputs
+from dfm_core.sampling import sample_ddim
+from dfm_core.trainer import Trainer, TrainerConfig
+from dfm_render.cameras import crop_patches, project_points
+from dfm_render.field import FieldConfig
+from dfm_render.losses import DetLoss, LPIPSLoss, MissingWeightsError, edge_aware_smoothness
+from dfm_render.model import load_baseline_into, make_scene_batch
+from dfm_render.presets import SCENE_PRESETS, scene_config
+from dfm_render.renderer import Camera, RendererConfig, SceneField, VolumeRenderer
+
+SIZE = 16
+
+
+def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, -1.0, 0.0)) -> torch.Tensor:
+    """OpenCV c2w looking from eye to target (y down)."""
+    eye, target, up = (torch.tensor(v, dtype=torch.float32) for v in (eye, target, up))
+    forward = F.normalize(target - eye, dim=0)
+    right = F.normalize(torch.linalg.cross(forward, up), dim=0)
+    down = torch.linalg.cross(forward, right)
+    c2w = torch.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, eye
+    return c2w
+
+
+def orbit(batch: int, views: int, radius: float = 4.0, seed: int = 0) -> torch.Tensor:
+    """(B, V, 4, 4) cameras on a circle around the origin, random start angle per sample."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.rand(batch, generator=g) * 2 * math.pi
+    poses = [
+        [
+            look_at((radius * math.sin(a), -1.0, radius * math.cos(a)))
+            for a in (start[b].item() + 0.7 * v for v in range(views))
+        ]
+        for b in range(batch)
+    ]
+    return torch.stack([torch.stack(row) for row in poses])
+
+
+def intrinsics(batch: int, views: int) -> torch.Tensor:
+    k = torch.tensor([[1.1, 0.0, 0.5], [0.0, 1.1, 0.5], [0.0, 0.0, 1.0]])
+    return k.expand(batch, views, 3, 3).clone()
+
+
+def toy_batch(config, batch=2, contexts=1, seed=0, patch=True):
+    g = torch.Generator().manual_seed(seed)
+    size = config.image_size
+    poses = orbit(batch, contexts + 2, seed=seed)
+    # Relative to context view 0, as the loaders emit them.
+    rel = torch.linalg.inv(poses[:, :1]) @ poses
+    K = intrinsics(batch, contexts + 2)
+    images = torch.rand(batch, contexts + 2, 3, size, size, generator=g) * 2 - 1
+    near = torch.full((batch,), 1.0)
+    far = torch.full((batch,), 8.0)
+    return make_scene_batch(
+        context_images=images[:, :contexts],
+        context_c2w=rel[:, :contexts],
+        context_intrinsics=K[:, :contexts],
+        target_image=images[:, contexts],
+        target_c2w=rel[:, contexts],
+        target_intrinsics=K[:, contexts],
+        novel_images=images[:, contexts + 1 :],
+        novel_c2w=rel[:, contexts + 1 :],
+        novel_intrinsics=K[:, contexts + 1 :],
+        near=near,
+        far=far,
+        patch_size=config.patch_size if patch else None,
+        context_absolute_c2w=poses[:, :contexts] if config.encoder.absolute_pose else None,
+        target_absolute_c2w=poses[:, contexts] if config.encoder.absolute_pose else None,
+        generator=g,
+    )
+
+
+def tiny_config(preset: str = "objects-demo"):
+    return scene_config(preset).reduced(image_size=SIZE)
+
+
+def randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter random values (zero-initialised heads would hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+# ---- field ----------------------------------------------------------------------------
+
+
+def test_split_first_layer_equals_the_concatenated_original():
+    cfg = FieldConfig(feature_channels=6, width=8, num_blocks=2, combine_layer=1, time_embed_dim=8)
+    field = cfg.build().double()
+    randomise(field)
+    g = torch.Generator().manual_seed(1)
+    maps = torch.randn(1, 2, 6, 5, 7, generator=g, dtype=torch.float64)
+    c2w = orbit(1, 2).double()
+    K = intrinsics(1, 2).double()
+    points = torch.randn(1, 11, 3, generator=g, dtype=torch.float64) * 0.5
+    # The original: lin_in over [PE(x_cam); bilinear sample of the raw features], one matrix.
+    proj = project_points(points, c2w, K)
+    grid = (2 * proj.uv - 1).reshape(2, 1, 11, 2)
+    raw = F.grid_sample(maps[0], grid, align_corners=False).reshape(2, 6, 11).transpose(1, 2)
+    weight = torch.cat([field.lin_pos.weight, field.lin_feat.weight[:, :, 0, 0]], dim=1)
+    concatenated = torch.cat([field.encoding(proj.points[0]), raw], dim=-1)
+    expected = concatenated @ weight.T + field.lin_pos.bias  # (V, P, W)
+    # Ours: project the maps once, sample the projection.
+    captured = {}
+    block = field.blocks[0]
+
+    def capture(module, args):
+        captured["h"] = args[0]
+
+    handle = block.register_forward_pre_hook(capture)
+    projected = field.project_features(maps[0])[None]
+    times = field.time_embedding(torch.zeros(1, 2, dtype=torch.float64))
+    field(points, projected, c2w, K, times)
+    handle.remove()
+    inside = (proj.depth[0] > 0) & ((proj.uv[0] >= 0) & (proj.uv[0] <= 1)).all(-1)
+    assert inside.any()
+    torch.testing.assert_close(captured["h"][0][inside], expected[inside], rtol=1e-10, atol=1e-10)
+
+
+# ---- renderer -------------------------------------------------------------------------
+
+
+def test_patch_render_is_the_crop_of_the_full_render_and_chunks_do_not_matter():
+    cfg = tiny_config()
+    model = cfg.build().eval()
+    randomise(model.predictor)
+    batch = toy_batch(cfg)
+    with torch.no_grad():
+        condition = model.condition(batch.context, batch.target_params)
+        scene = model.predictor(
+            condition.context, batch.target, torch.full((2,), 10.0), batch.target_params
+        )
+        full = VolumeRenderer(cfg.renderer).eval()(scene, batch.target_params)
+        small_chunks = VolumeRenderer(dataclasses.replace(cfg.renderer, chunk=7)).eval()
+        chunked = small_chunks(scene, batch.target_params)
+        patch = VolumeRenderer(cfg.renderer).eval()(scene, batch.target_loss_params)
+    assert full.observation.shape == (2, 3, SIZE, SIZE)
+    torch.testing.assert_close(chunked.observation, full.observation, rtol=0, atol=1e-6)
+    origin = batch.target_loss_params.patch_origin
+    torch.testing.assert_close(
+        patch.observation, crop_patches(full.observation, origin, cfg.patch_size), atol=1e-5, rtol=0
+    )
+    assert full.observation.abs().max() <= 1.0
+    assert full.depth.shape == (2, 1, SIZE, SIZE)
+    # Depth is the weighted sum of sample depths: between near and far where opaque.
+    assert (full.depth <= 8.0 + 1e-4).all() and (full.depth >= 0).all()
+
+
+def test_checkpointed_chunks_give_the_same_gradients():
+    cfg = tiny_config()
+    batch = toy_batch(cfg)
+    grads = []
+    for use_checkpoint in (False, True):
+        renderer_cfg = dataclasses.replace(
+            cfg.renderer, checkpoint=use_checkpoint, chunk=13, stratified=False
+        )
+        model = dataclasses.replace(cfg, renderer=renderer_cfg).build()
+        torch.manual_seed(0)
+        randomise(model.predictor)
+        model.train()
+        torch.manual_seed(1)
+        terms = model(batch, generator=torch.Generator().manual_seed(2))
+        terms["loss"].backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ---- predictor and the core's contracts ------------------------------------------------
+
+
+class Counter:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args):
+        self.calls += 1
+
+
+def test_context_encoding_and_det_run_once_per_sampling_run():
+    cfg = tiny_config()
+    model = cfg.build().eval()
+    randomise(model.predictor)
+    batch = toy_batch(cfg)
+    det_renders, context_encodes, target_encodes = Counter(), Counter(), Counter()
+    model.predictor.det_renderer.register_forward_hook(lambda *a: det_renders())
+    encoder = model.predictor.encoder
+    encoder.context_stem.register_forward_hook(lambda *a: context_encodes())
+    encoder.target_stem.register_forward_hook(lambda *a: target_encodes())
+    steps = 4
+    with torch.no_grad():
+        condition = model.condition(batch.context, batch.target_params)
+        sample_ddim(model.denoiser(condition), model.schedule, (2, 3, SIZE, SIZE), steps=steps)
+    assert det_renders.calls == 1 and context_encodes.calls == 1
+    assert target_encodes.calls == steps
+
+
+def test_sampler_contract_on_the_3d_denoiser():
+    """Final observation = render of the final signal; a sample depends on its own seed only."""
+    cfg = tiny_config()
+    model = cfg.build().eval()
+    randomise(model.predictor)
+    batch = toy_batch(cfg)
+    shape = (2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        condition = model.condition(batch.context, batch.target_params)
+        gens = [torch.Generator().manual_seed(s) for s in (11, 12)]
+        out = sample_ddim(model.denoiser(condition), model.schedule, shape, steps=3, generator=gens)
+        assert isinstance(out.signal, SceneField)
+        rendered = model.forward_model(out.signal, batch.target_params).observation
+        torch.testing.assert_close(out.observation, rendered, rtol=0, atol=1e-5)
+        # Swap the two samples' seeds and contexts: each sample follows its own seed.
+        swap = [1, 0]
+        from dfm_core.tree import tree_index
+
+        batch_swapped = tree_index(batch, swap)
+        condition_swapped = model.condition(batch_swapped.context, batch_swapped.target_params)
+        gens = [torch.Generator().manual_seed(s) for s in (12, 11)]
+        swapped = sample_ddim(
+            model.denoiser(condition_swapped), model.schedule, shape, steps=3, generator=gens
+        )
+    torch.testing.assert_close(swapped.observation, out.observation[swap], rtol=0, atol=1e-5)
+
+
+def test_det_loss_ignores_samples_whose_context_was_dropped():
+    target = torch.zeros(3, 3, 4, 4)
+    det = torch.stack([torch.full((3, 4, 4), v) for v in (1.0, 2.0, 3.0)])
+
+    class Det:
+        observation = det
+
+    inputs = LossInputs(
+        batch=type("B", (), {"target": target})(),
+        t=torch.zeros(3),
+        keep=torch.tensor([True, False, True]),
+        condition=type("C", (), {"det": Det})(),
+        signal=None,
+        target_render=None,
+    )
+    assert DetLoss()(inputs).item() == pytest.approx((1.0 + 9.0) / 2)
+
+
+def test_edge_aware_smoothness_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    disparity = torch.rand(1, 1, 3, 4, generator=g) + 0.5
+    image = torch.rand(1, 3, 3, 4, generator=g)
+    d = disparity[0, 0] / disparity.mean()
+    total_x = total_y = 0.0
+    for i in range(3):
+        for j in range(3):
+            grad_i = (image[0, :, i, j + 1] - image[0, :, i, j]).abs().mean()
+            total_x += abs(d[i, j + 1] - d[i, j]) * math.exp(-grad_i)
+    for i in range(2):
+        for j in range(4):
+            grad_i = (image[0, :, i + 1, j] - image[0, :, i, j]).abs().mean()
+            total_y += abs(d[i + 1, j] - d[i, j]) * math.exp(-grad_i)
+    expected = total_x / 9 + total_y / 8
+    assert edge_aware_smoothness(disparity, image).item() == pytest.approx(
+        float(expected), rel=1e-5
+    )
+
+
+def test_lpips_without_weights_names_the_file_to_download(tmp_path):
+    loss = LPIPSLoss(tmp_path / "missing" / "vgg16-397923af.pth")
+    render = type("R", (), {"observation": torch.zeros(1, 3, 8, 8)})()
+    batch = type("B", (), {"target": torch.zeros(1, 3, 8, 8), "target_loss_observation": None})()
+    inputs = LossInputs(batch, torch.zeros(1), torch.ones(1, dtype=torch.bool), None, None, render)
+    with pytest.raises(MissingWeightsError, match=r"vgg16-397923af\.pth.*download"):
+        loss(inputs)
+
+
+# ---- baseline and initialising DFM from it ---------------------------------------------
+
+
+def test_every_baseline_tensor_carries_over_into_dfm():
+    cfg = tiny_config("co3d-hydrant")
+    baseline = cfg.build_baseline()
+    randomise(baseline, seed=3)
+    dfm = cfg.build()
+    written = load_baseline_into(dfm.predictor, baseline.state_dict())
+    state = dfm.predictor.state_dict()
+    for name, value in baseline.state_dict().items():
+        homes = [name] if name.startswith("encoder.") else [name, "det_" + name]
+        for home in homes:
+            assert home in written
+            got = (
+                state[home][: value.shape[0]]
+                if home.startswith("det_field.lin_out")
+                else state[home]
+            )
+            torch.testing.assert_close(got, value, rtol=0, atol=0, msg=f"{name} -> {home}")
+    # The baseline renders the same image as DFM's context-only field (O_det) after loading.
+    batch = toy_batch(cfg)
+    baseline.eval(), dfm.eval()
+    with torch.no_grad():
+        scene = baseline.scene(batch.context)
+        base_rgb = (
+            VolumeRenderer(
+                dataclasses.replace(cfg.renderer, num_coarse=cfg.det_samples, num_fine=0)
+            )
+            .eval()(scene, batch.target_params)
+            .observation
+        )
+        det = dfm.predictor.encode_condition(batch.context, batch.target_params).det.observation
+    torch.testing.assert_close(det, base_rgb, rtol=0, atol=1e-5)
+
+
+# ---- presets ---------------------------------------------------------------------------
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    def __init__(self, config, contexts):
+        self.config, self.contexts = config, contexts
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return toy_batch(self.config, batch=1, contexts=self.contexts, seed=index)
+
+
+def collate(items):
+    from dfm_core.tree import tree_cat
+
+    return tree_cat(items)
+
+
+@pytest.mark.parametrize("preset", sorted(SCENE_PRESETS))
+@pytest.mark.parametrize("model_kind", ["dfm", "baseline"])
+def test_every_preset_trains_two_steps_on_cpu(preset, model_kind, tmp_path):
+    cfg = tiny_config(preset)
+    model = cfg.build() if model_kind == "dfm" else cfg.build_baseline()
+    dataset = BatchDataset(cfg, contexts=cfg.num_context)
+    trainer = Trainer(
+        model,
+        dataset,
+        TrainerConfig(max_steps=2, batch_size=2, num_workers=0, log_every=1, progress=False),
+        run_dir=tmp_path,
+        collate_fn=collate,
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    assert trainer.step == 2
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed  # the optimiser moved the weights
+    expected_terms = {"loss", "target", "novel"}
+    assert (tmp_path / "metrics.jsonl").is_file()
+    import json
+
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert expected_terms <= set(record)
+
+
+def test_paper_presets_have_the_papers_sizes():
+    co3d = SCENE_PRESETS["co3d-hydrant"]
+    assert (co3d.encoder.hidden_size, co3d.encoder.depth, co3d.encoder.patch_size) == (1152, 28, 2)
+    assert co3d.encoder.feature_channels == 512 and co3d.field.width == 512
+    assert (co3d.field.num_blocks, co3d.field.combine_layer) == (5, 3)
+    assert (co3d.renderer.num_coarse, co3d.renderer.num_fine, co3d.det_samples) == (64, 64, 64)
+    assert (co3d.patch_size, co3d.num_context, co3d.near, co3d.far) == (24, 3, 0.5, 40.0)
+    assert co3d.encoder.absolute_pose and co3d.losses.lpips == 0.2
+    re = SCENE_PRESETS["re10k"]
+    assert (re.det_samples, re.num_context, re.near, re.far) == (32, 1, 0.7, 10.0)
+    assert (re.losses.lpips, re.losses.depth_smooth, re.losses.distortion) == (1.0, 0.002, 0.005)
+    assert (re.sampling.guidance_scale, re.sampling.temperature) == (2.0, 0.85)
+    with pytest.raises(ValueError, match="objects-demo"):
+        scene_config("nope")
+
+
+def test_camera_validates_shapes():
+    with pytest.raises(ValueError, match="c2w"):
+        Camera(torch.eye(3)[None], torch.eye(3)[None], torch.ones(1), torch.ones(1), 8, 8)
+    with pytest.raises(ValueError, match="patch_size"):
+        Camera(
+            torch.eye(4)[None], torch.eye(3)[None], torch.ones(1), torch.ones(1), 8, 8,
+            patch_origin=torch.zeros(1, 2, dtype=torch.long), patch_size=9,
+        )  # fmt: skip
+    _ = RendererConfig()
