@@ -38,10 +38,11 @@ zero denominator):
 
 Holes (target pixels nothing lands in) are 0 in every mode.
 
-**Gradients.** The summation kernel is one fused ``scatter_add_`` of all 4 corners, with a
-hand-written backward (a ``gather`` of the output gradient at the same 4 corners) that
-recomputes indices and bilinear weights instead of storing them: less memory and faster
-than autograd through the scatter. The flow gradient is that of the bilinear weights, which
+**Gradients.** The summation kernel is one ``scatter_add_`` per corner over all channels
+at once (channels-first layout, one index row expanded over channels), with a hand-written
+backward (a ``gather`` of the output gradient at the same corners) that recomputes indices
+and bilinear weights instead of storing them: less memory and faster than autograd through
+the scatter. The flow gradient is that of the bilinear weights, which
 are piecewise linear in the flow; at integer crossings the one-sided derivative from the
 right is used (``floor`` convention). Gradients for the metric Z come from autograd through
 ``exp`` and the normalisation. Double backward is not supported.
@@ -81,25 +82,32 @@ _EPS_MODES = ("add", "zero", "clip")
 
 
 # --------------------------------------------------------------------------------------
-# Summation splatting: one fused scatter, hand-written backward
+# Summation splatting: one scatter per corner, hand-written backward
 # --------------------------------------------------------------------------------------
 
+# Corner offsets (dx, dy) from the floor of the landing position.
+_CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))
 
-def _corners(flow: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Target indices and bilinear weights of the 4 corners every source pixel lands on.
 
-    Args:
-        flow: (B, 2, H, W).
-        valid: (B, H, W) bool, False for pixels to drop; None keeps all.
+@dataclass(frozen=True)
+class _Landing:
+    """Where every source pixel lands, flattened over N = B * H * W pixels.
 
-    Returns:
-        index: (4, N) int64 into the flattened target ``b * H * W + y * W + x`` with
-            N = B * H * W; corners outside the image point at the dump slot N.
-        weight: (4, N) bilinear weights, 0 outside the image. Corner order
-            (x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1).
-        inside: (4, N) same dtype as flow, 1 where the corner is inside the image.
-        ax, ay: (N,) fractional parts of the landing position.
+    Attributes:
+        first: (N,) int64 flat target index ``b * H * W + y0 * W + x0`` of the top-left corner.
+        ix, iy: (N,) int64 floor of the landing position (index units).
+        ax, ay: (N,) fractional parts, in [0, 1).
     """
+
+    first: Tensor
+    ix: Tensor
+    iy: Tensor
+    ax: Tensor
+    ay: Tensor
+
+
+def _landing(flow: Tensor, valid: Tensor | None) -> _Landing:
+    """Landing positions of a (B, 2, H, W) flow; ``valid`` (B, H, W) False drops a pixel."""
     batch, _, height, width = flow.shape
     n = batch * height * width
     gx = torch.arange(width, device=flow.device, dtype=flow.dtype).view(1, 1, width)
@@ -109,29 +117,29 @@ def _corners(flow: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor
     # and keeps huge flows from overflowing the integer conversion.
     x = (gx + flow[:, 0]).clamp(-2.0, width + 1.0)
     y = (gy + flow[:, 1]).clamp(-2.0, height + 1.0)
-    if valid is not None:
+    if valid is not None:  # dropped pixels land fully outside
         x = torch.where(valid, x, torch.full_like(x, -2.0))
         y = torch.where(valid, y, torch.full_like(y, -2.0))
-    x, y = x.reshape(n), y.reshape(n)
-    x0, y0 = torch.floor(x), torch.floor(y)
-    ax, ay = x - x0, y - y0
+    x0, y0 = torch.floor(x.reshape(n)), torch.floor(y.reshape(n))
+    ax, ay = x.reshape(n) - x0, y.reshape(n) - y0
     ix, iy = x0.long(), y0.long()
-    in_x0, in_x1 = (ix >= 0) & (ix < width), (ix >= -1) & (ix < width - 1)
-    in_y0, in_y1 = (iy >= 0) & (iy < height), (iy >= -1) & (iy < height - 1)
-    inside = torch.stack([in_x0 & in_y0, in_x1 & in_y0, in_x0 & in_y1, in_x1 & in_y1])
-    bx, by = 1.0 - ax, 1.0 - ay
-    weight = torch.stack([bx * by, ax * by, bx * ay, ax * ay])
-    inside_f = inside.to(flow.dtype)
-    weight = weight * inside_f
-    base = torch.arange(batch, device=flow.device).repeat_interleave(height * width) * (
-        height * width
-    )
-    first = base + iy * width + ix
-    offsets = torch.tensor([0, 1, width, width + 1], device=flow.device).view(4, 1)
-    index = torch.where(
-        inside, first.view(1, n) + offsets, torch.full_like(inside, n, dtype=torch.long)
-    )
-    return index, weight, inside_f, ax, ay
+    base = torch.arange(batch, device=flow.device).repeat_interleave(height * width)
+    first = (base * height + iy) * width + ix
+    return _Landing(first, ix, iy, ax, ay)
+
+
+def _corner(
+    land: _Landing, dx: int, dy: int, height: int, width: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Index (N,) int64 (dump slot N when outside), bilinear weight (N,) and inside (N,) bool."""
+    n = land.first.shape[0]
+    cx, cy = land.ix + dx, land.iy + dy
+    inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+    wx = land.ax if dx else 1.0 - land.ax
+    wy = land.ay if dy else 1.0 - land.ay
+    weight = wx * wy * inside
+    index = torch.where(inside, land.first + (dy * width + dx), n)
+    return index, weight, inside
 
 
 class _SumSplat(torch.autograd.Function):
@@ -141,12 +149,14 @@ class _SumSplat(torch.autograd.Function):
     def forward(ctx: Any, input: Tensor, flow: Tensor, valid: Tensor | None) -> Tensor:
         batch, channels, height, width = input.shape
         n = batch * height * width
-        index, weight, _, _, _ = _corners(flow, valid)
-        # Channels first, so one index row serves every channel (expanded, not copied).
-        source = input.transpose(0, 1).reshape(channels, 1, n)
-        values = (source * weight.view(1, 4, n)).view(channels, 4 * n)
+        land = _landing(flow, valid)
+        # Channels first, so one index row serves every channel (expanded, not copied);
+        # one corner at a time, so only (C, N) deposits exist at once.
+        source = input.transpose(0, 1).reshape(channels, n)
         out = input.new_zeros(channels, n + 1)  # the last column collects dropped deposits
-        out.scatter_add_(1, index.view(1, 4 * n).expand(channels, -1), values)
+        for dx, dy in _CORNERS:
+            index, weight, _ = _corner(land, dx, dy, height, width)
+            out.scatter_add_(1, index.expand(channels, -1), source * weight)
         ctx.save_for_backward(input, flow, valid)
         return out[:, :n].reshape(channels, batch, height, width).transpose(0, 1).contiguous()
 
@@ -156,27 +166,34 @@ class _SumSplat(torch.autograd.Function):
         input, flow, valid = ctx.saved_tensors
         batch, channels, height, width = input.shape
         n = batch * height * width
-        index, weight, inside, ax, ay = _corners(flow, valid)
+        land = _landing(flow, valid)
         grad_padded = grad_out.new_zeros(channels, n + 1)
         grad_padded[:, :n] = grad_out.transpose(0, 1).reshape(channels, n)
-        # d out[c, index[k, p]] / d input[c, p] = weight[k, p]: gather the 4 corners.
-        gathered = grad_padded.gather(1, index.view(1, 4 * n).expand(channels, -1))
-        gathered = gathered.view(channels, 4, n)
-        grad_input = grad_flow = None
-        if ctx.needs_input_grad[0]:
-            grad_input = (gathered * weight.view(1, 4, n)).sum(1)
+        source = input.transpose(0, 1).reshape(channels, n)
+        need_input, need_flow = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_input = torch.zeros_like(source) if need_input else None
+        grad_x = torch.zeros_like(land.ax) if need_flow else None
+        grad_y = torch.zeros_like(land.ay) if need_flow else None
+        for dx, dy in _CORNERS:
+            index, weight, inside = _corner(land, dx, dy, height, width)
+            # d out[c, index[p]] / d input[c, p] = weight[p]: gather the output gradient.
+            gathered = grad_padded.gather(1, index.expand(channels, -1))  # (C, N)
+            if grad_input is not None:
+                grad_input += gathered * weight
+            if grad_x is not None and grad_y is not None:
+                # weight = wx(ax) * wy(ay) * inside with wx = ax or 1 - ax (same for y).
+                dweight = (gathered * source).sum(0) * inside
+                wx = land.ax if dx else 1.0 - land.ax
+                wy = land.ay if dy else 1.0 - land.ay
+                grad_x += dweight * wy if dx else -dweight * wy
+                grad_y += dweight * wx if dy else -dweight * wx
+        if grad_input is not None:
             grad_input = grad_input.view(channels, batch, height, width).transpose(0, 1)
-        if ctx.needs_input_grad[1]:
-            source = input.transpose(0, 1).reshape(channels, 1, n)
-            dweight = (gathered * source).sum(0) * inside  # (4, N): dL / d weight_k
-            bx, by = 1.0 - ax, 1.0 - ay
-            # weight = (bx by, ax by, bx ay, ax ay) differentiated in ax and ay.
-            grad_x = (dweight[1] - dweight[0]) * by + (dweight[3] - dweight[2]) * ay
-            grad_y = (dweight[2] - dweight[0]) * bx + (dweight[3] - dweight[1]) * ax
-            grad_flow = torch.stack([grad_x, grad_y]).view(2, batch, height, width)
-            # Beyond the clamp in ``_corners`` every corner is outside, so the gradient is
+        grad_flow = None
+        if grad_x is not None and grad_y is not None:
+            # Beyond the clamp in ``_landing`` every corner is outside, so the gradient is
             # 0 there as it should be; dropped pixels are outside by construction.
-            grad_flow = grad_flow.transpose(0, 1)
+            grad_flow = torch.stack([grad_x, grad_y]).view(2, batch, height, width).transpose(0, 1)
         return grad_input, grad_flow, None
 
 
