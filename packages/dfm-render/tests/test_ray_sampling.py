@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from dfm_render.ray_sampling import SPACINGS, sample_along_rays, sample_pdf
@@ -141,6 +143,29 @@ def test_importance_samples_follow_the_piecewise_constant_pdf():
     # Deterministic levels hit the inverse CDF exactly.
     det = sample_pdf(t, weights, 10, near=near, far=far, deterministic=True)
     np.testing.assert_allclose(cdf(det[0, 0].numpy()), (np.arange(10) + 0.5) / 10, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(
+    weights=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 1.0)), min_size=1, max_size=7),
+    deterministic=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sample_pdf_stays_sorted_inside_near_far(weights, deterministic, seed):
+    near, far = torch.tensor([0.5]), torch.tensor([2.0])
+    s = len(weights)
+    t = sample_along_rays(near, far, s, 1)
+    new = sample_pdf(
+        t,
+        torch.tensor(weights)[None, None],
+        9,
+        near=near,
+        far=far,
+        deterministic=deterministic,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    assert torch.isfinite(new).all() and (new >= 0.5).all() and (new <= 2.0).all()
+    assert (new[..., 1:] >= new[..., :-1]).all()
 
 
 def test_sample_pdf_is_detached_and_seeded():

@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pytorch3d.renderer import EmissionAbsorptionRaymarcher
 
 from dfm_data.cameras import look_at
@@ -88,6 +90,31 @@ def test_composite_gradcheck(far_delta):
         return out.features, out.depth, out.opacity, out.weights
 
     assert torch.autograd.gradcheck(fn, (density, colour, t, background))
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(
+    density=st.lists(
+        st.one_of(st.just(0.0), st.floats(0.0, 1e6), st.just(1e30)), min_size=1, max_size=6
+    ),
+    gaps=st.lists(st.floats(0.0, 3.0), min_size=6, max_size=6),
+    far_delta=st.sampled_from([1e10, 0.25]),
+)
+def test_composite_invariants(density, gaps, far_delta):
+    # Any non-negative densities (zeros, huge values, coincident samples): weights are a
+    # sub-probability vector, 1 - opacity is the closed-form transmittance, and a constant
+    # colour renders as colour * opacity.
+    s = len(density)
+    sigma = torch.tensor(density, dtype=F64)[None, None]
+    t = (1.0 + torch.tensor(gaps[:s], dtype=F64).cumsum(0))[None, None]
+    out = composite(sigma, torch.full((1, 1, s, 2), 0.3, dtype=F64), t, far_delta=far_delta)
+    assert torch.isfinite(out.weights).all() and (out.weights >= 0).all()
+    assert out.opacity.item() <= 1.0 + 1e-12
+    delta = torch.cat([t.diff(dim=-1), torch.tensor([[[far_delta]]], dtype=F64)], -1)
+    assert (1 - out.opacity).item() == pytest.approx(
+        math.exp(-(sigma * delta).sum().item()), abs=1e-12
+    )
+    torch.testing.assert_close(out.features[0, 0], 0.3 * out.opacity[0, 0].expand(2))
 
 
 def test_background_fills_the_remaining_transmittance():
