@@ -696,9 +696,9 @@ GENERATOR_PRESETS: Mapping[str, GeneratorConfig] = {
     "paper256": GeneratorConfig(
         img_resolution=256, channel_base=16384, conv_clamp=256.0, num_fp16_res=4
     ),
-    # The offline demo generator (32x32, a few hundred k parameters; trainable on a CPU).
+    # The offline demo generator (32x32, 272k parameters; trainable on a CPU).
     "demo32": GeneratorConfig(
-        img_resolution=32, z_dim=64, w_dim=64, mapping_layers=4, channel_base=2048, channel_max=128
+        img_resolution=32, z_dim=64, w_dim=64, mapping_layers=4, channel_base=1024, channel_max=64
     ),
     # For unit tests.
     "tiny": GeneratorConfig(

@@ -207,7 +207,7 @@ def gan_train_step(
     def fakes() -> Tensor:
         z = torch.randn(batch, G.z_dim, generator=generator).to(device)
         ws = G.mapping(z, truncation_psi=config.truncation_psi)
-        return G.synthesis(ws, noise_mode="random", generator=generator)
+        return G.synthesis(ws, noise_mode="random", generator=generator, fused=False)
 
     # Generator update: D frozen so its gradients are not accumulated.
     D.requires_grad_(False)
@@ -232,4 +232,4 @@ def gan_train_step(
     loss_d.backward()
     state.opt_d.step()
     state.step += 1
-    return {"loss_g": float(loss_g), "loss_d": float(loss_d), "r1": float(r1)}
+    return {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "r1": r1.item()}
