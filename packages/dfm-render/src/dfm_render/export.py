@@ -388,15 +388,17 @@ def write_obj(
     _check_geometry(vertices, colors, faces)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    xyz = vertices.detach().cpu().to(torch.float64).tolist()
-    rgb = None if colors is None else colors.detach().cpu().to(torch.float64).clamp(0, 1).tolist()
-    lines = ["# dfm-render"]
-    for k, p in enumerate(xyz):
-        values = p if rgb is None else p + rgb[k]
-        lines.append("v " + " ".join(f"{x:.9g}" for x in values))
-    if faces is not None:
-        lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces.detach().cpu().tolist()]
-    path.write_text("\n".join(lines) + "\n")
+    data = vertices.detach().cpu().to(torch.float64).numpy()
+    if colors is not None:
+        data = np.concatenate(
+            [data, colors.detach().cpu().to(torch.float64).clamp(0, 1).numpy()], 1
+        )
+    with open(path, "w") as f:
+        f.write("# dfm-render\n")
+        # %.9g round-trips float32 positions exactly.
+        np.savetxt(f, data, fmt="v" + " %.9g" * data.shape[1])
+        if faces is not None:
+            np.savetxt(f, faces.detach().cpu().numpy() + 1, fmt="f %d %d %d")
     return path
 
 
