@@ -20,6 +20,8 @@ is averaged away; this is the same assumption as the paper's Proposition 1.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import numbers
 import os
@@ -43,6 +45,7 @@ from dfm_core.trainer import Trainer, TrainerConfig
 from dfm_core.tree import tree_cat, tree_to
 
 __all__ = [
+    "FittedModels",
     "FourierFeatures",
     "GaussianMixture",
     "PosteriorScores",
@@ -59,8 +62,10 @@ __all__ = [
     "exact_posterior",
     "fit_projection_models",
     "posterior_samples",
+    "problem_record",
     "random_projections",
     "score_samples",
+    "train_projection_models",
 ]
 
 
@@ -1006,12 +1011,120 @@ class ProjectionFitConfig:
     """Training examples per step."""
     lr: float = 1e-3
     """Peak learning rate (cosine decay to 1% after a short warm-up)."""
+    schedule: str = "cosine"
+    """Noise schedule by name (``dfm_core.schedules.SCHEDULES``)."""
     num_timesteps: int = 1000
-    """Diffusion steps T (cosine schedule)."""
+    """Diffusion steps T of the schedule."""
     ema_decay: float = 0.999
     """Decay of the weights' exponential moving average (the models returned)."""
+    ema_warmup: bool = True
+    """Ramp the EMA decay up over the first updates (``dfm_core.ema``)."""
     seed: int = 0
     """Seed of the model initialisation, the training data and the trainer."""
+
+    def trainer_config(self, *, device: str | None = "cpu", progress: bool = True) -> TrainerConfig:
+        """The ``TrainerConfig`` of the DFM model (the baseline's differs in ``max_steps``)."""
+        return TrainerConfig(
+            max_steps=self.steps,
+            batch_size=1,  # each dataset item is already a batch of ``batch_size`` signals
+            optimizer=OptimizerConfig(
+                name="adam",
+                lr=self.lr,
+                warmup_steps=min(200, self.steps),
+                schedule="cosine",
+                min_lr_ratio=0.01,
+            ),
+            ema_decay=self.ema_decay,
+            ema_warmup=self.ema_warmup,
+            seed=self.seed,
+            num_workers=0,
+            log_every=max(1, min(100, self.steps)),
+            checkpoint_every=max(1, self.steps // 4),
+            keep_last=1,
+            progress=progress,
+            device=device,
+        )
+
+
+@dataclass
+class FittedModels:
+    """The EMA models after training, in eval mode, and the steps they were trained for."""
+
+    diffusion: ForwardDiffusion
+    baseline: RegressionBaseline
+    dfm_step: int
+    baseline_step: int
+    resumed_from: int | None
+    """The DFM step training resumed from (None for a fresh run)."""
+
+
+def train_projection_models(
+    diffusion: ForwardDiffusion,
+    baseline: RegressionBaseline,
+    dataset: Dataset,
+    trainer_config: TrainerConfig,
+    *,
+    baseline_steps: int,
+    run_dir: str | os.PathLike[str],
+    baseline_dir: str | os.PathLike[str],
+    run_config: Any = None,
+    frozen_config_keys: tuple[str, ...] = (),
+) -> FittedModels:
+    """The one training path of the projection models (``fit_projection_models`` and the
+    ``dfm`` apps both use it): DFM, then the regression baseline, with the ``Trainer``.
+
+    Each resumes from the newest checkpoint of its directory; a finished run is not
+    trained further. The baseline uses ``trainer_config`` with ``max_steps =
+    baseline_steps``. Call on every rank.
+
+    Args:
+        diffusion, baseline: the freshly built models (``ProjectionModelConfig.build``).
+        dataset: training items (``ProjectionDataset``), shared by both models.
+        trainer_config: the DFM model's training loop.
+        baseline_steps: optimiser steps of the baseline.
+        run_dir, baseline_dir: the two run directories (checkpoints/, metrics.jsonl).
+        run_config: saved into every checkpoint of both runs.
+        frozen_config_keys: keys of ``run_config`` a resumed run must not change
+            (``Trainer``; a mismatch raises ``CheckpointMismatchError`` naming them).
+    """
+    trained = []
+    for model, directory, config in (
+        (diffusion, run_dir, trainer_config),
+        (baseline, baseline_dir, dataclasses.replace(trainer_config, max_steps=baseline_steps)),
+    ):
+        trainer = Trainer(
+            model,
+            dataset,
+            config,
+            run_dir=directory,
+            collate_fn=collate_projection,
+            run_config=run_config,
+            frozen_config_keys=frozen_config_keys,
+        )
+        resumed = trainer.resume()
+        if trainer.step < config.max_steps:
+            trainer.train()
+        trained.append((trainer.ema_model().eval(), trainer.step, resumed))
+        trainer.close()
+    (dfm, dfm_step, resumed_from), (base, base_step, _) = trained
+    return FittedModels(dfm, base, dfm_step, base_step, resumed_from)  # type: ignore[arg-type]
+
+
+def problem_record(problem: ProjectionProblem) -> dict[str, Any]:
+    """What identifies a problem in a run directory: its dimensions, noise, target views,
+    and a SHA-256 digest of its prior's float64 parameters (two problems of the same
+    shape but another prior differ in ``prior_sha256``)."""
+    digest = hashlib.sha256()
+    for tensor in (problem.prior.weights, problem.prior.means, problem.prior.covariances):
+        digest.update(tensor.detach().double().cpu().contiguous().numpy().tobytes())
+    return {
+        "signal_dim": problem.signal_dim,
+        "observation_dim": problem.observation_dim,
+        "num_components": int(problem.prior.weights.shape[-1]),
+        "noise_std": float(problem.noise_std),
+        "target_views": problem.target_views,
+        "prior_sha256": digest.hexdigest(),
+    }
 
 
 def fit_projection_models(
@@ -1019,50 +1132,47 @@ def fit_projection_models(
     config: ProjectionFitConfig,
     run_dir: str | os.PathLike[str],
     *,
+    device: str | None = "cpu",
     progress: bool = True,
 ) -> tuple[ForwardDiffusion, RegressionBaseline]:
-    """Train DFM and the regression baseline with the project's ``Trainer``.
+    """Train DFM and the regression baseline (``train_projection_models``).
 
     Resumable: rerunning with the same ``run_dir`` continues from the last checkpoints.
-    Returns the EMA weights of both models, in eval mode, on CPU.
+    The run directory's saved config is the check: the problem (``problem_record``) and
+    the whole ``config`` are stored in every checkpoint, and a rerun with any of them
+    changed (another prior of the same shape, another d, another ``steps``...) raises
+    ``CheckpointMismatchError`` naming the differing fields instead of returning the old
+    weights or resuming under another learning-rate schedule.
+
+    Args:
+        problem: the problem to fit.
+        config: models and training.
+        run_dir: holds ``dfm/`` and ``baseline/`` run directories.
+        device: training device (``None``: CUDA when available); not part of the check.
+        progress: progress bars.
+
+    Returns:
+        The EMA weights of both models, in eval mode, on ``device``.
     """
     run_dir = Path(run_dir)
-    schedule = NoiseSchedule.from_name("cosine", config.num_timesteps)
+    schedule = NoiseSchedule.from_name(config.schedule, config.num_timesteps)
     diffusion, baseline = config.model.build(problem, schedule, config.seed)
-    fitted = []
-    for name, model, steps in (
-        ("dfm", diffusion, config.steps),
-        ("baseline", baseline, config.baseline_steps),
-    ):
-        trainer_config = TrainerConfig(
-            max_steps=steps,
-            batch_size=1,  # each dataset item is already a batch of config.batch_size
-            optimizer=OptimizerConfig(
-                name="adam",
-                lr=config.lr,
-                warmup_steps=min(200, steps),
-                schedule="cosine",
-                min_lr_ratio=0.01,
-            ),
-            ema_decay=config.ema_decay,
-            seed=config.seed,
-            num_workers=0,
-            log_every=max(1, min(100, steps)),
-            checkpoint_every=max(1, steps // 4),
-            keep_last=1,
-            progress=progress,
-            device="cpu",
-        )
-        dataset = ProjectionDataset(
-            problem, config.batch_size, length=max(steps, 1), seed=config.seed
-        )
-        trainer = Trainer(
-            model, dataset, trainer_config, run_dir=run_dir / name, collate_fn=collate_projection
-        )
-        trainer.resume()
-        if trainer.step < steps:
-            trainer.train()
-        ema = trainer.ema_model().eval()
-        trainer.close()
-        fitted.append(ema)
-    return fitted[0], fitted[1]  # type: ignore[return-value]
+    trainer_config = config.trainer_config(device=device, progress=progress)
+    dataset = ProjectionDataset(
+        problem,
+        config.batch_size,
+        length=max(config.steps, config.baseline_steps, 1),
+        seed=config.seed,
+    )
+    fitted = train_projection_models(
+        diffusion,
+        baseline,
+        dataset,
+        trainer_config,
+        baseline_steps=config.baseline_steps,
+        run_dir=run_dir / "dfm",
+        baseline_dir=run_dir / "baseline",
+        run_config={"problem": problem_record(problem), "fit": dataclasses.asdict(config)},
+        frozen_config_keys=("problem", "fit"),
+    )
+    return fitted.diffusion, fitted.baseline
