@@ -68,6 +68,16 @@ def test_overrides_apply_wherever_they_sit(capsys: pytest.CaptureFixture[str]) -
         (["demo", "trainer.max_steps=0"], ["max_steps", "positive integer"]),
         (["demo", "model.context_dropout=0.1"], ["context_dropout"]),
         (["demo", "evaluation.sampler=euler"], ["evaluation.sampler", "ddim"]),
+        (["demo", "problem.target_views=foo"], ["problem.target_views", "uniform", "complement"]),
+        (["demo", "problem.observation_dim=2"], ["problem.observation_dim", "< signal_dim = 2"]),
+        (
+            ["train", "projection-6d", "problem.observation_dim=4"],
+            ["problem.target_views='complement'", "2 * observation_dim <= signal_dim"],
+        ),
+        (["demo", "problem.num_components=0"], ["problem.num_components", ">= 1"]),
+        (["demo", "schedule.name=quadratic"], ["schedule.name", "cosine", "linear", "sigmoid"]),
+        (["demo", "schedule.num_timesteps=1"], ["schedule.num_timesteps", ">= 2"]),
+        (["demo", "data.batch_size=0"], ["data.batch_size", ">= 1"]),
     ],
 )
 def test_bad_input_gives_a_clear_error(

@@ -11,14 +11,21 @@
 
 ``KEY=VALUE`` overrides are OmegaConf dot-lists checked against the preset's
 structured config (``trainer.max_steps=100``, ``evaluation.sampler=edm``).
+
+Errors a user can cause end in one line naming the file, key or argument and a
+non-zero exit status (2: bad command line or config; 1: the run failed; 128 + N: stopped
+by signal N after saving a checkpoint); ``--debug`` (or ``DFM_DEBUG=1``) shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import secrets
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diffusion with forward models: demos, training presets, sampling, SLURM launcher.",
     )
     parser.add_argument("--version", action="version", version=f"dfm-apps {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show Python tracebacks instead of one-line errors (also: DFM_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     presets = ", ".join(preset_names())
 
@@ -120,9 +132,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> int:
-    print(f"dfm: error: {message}", file=sys.stderr)
-    return 2
+def _error(message: str, status: int = 2) -> int:
+    print(f"dfm: error: {_one_line(message)}", file=sys.stderr)
+    return status
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _debug_requested(args_list: list[str]) -> tuple[bool, list[str]]:
+    """Strip ``--debug`` from anywhere on the line; ``DFM_DEBUG=1`` also asks for it."""
+    env = os.environ.get("DFM_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    return env or "--debug" in args_list, [arg for arg in args_list if arg != "--debug"]
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` replacement: one ``dfm: warning:`` line, no source line."""
+    print(f"dfm: warning: {_one_line(str(message))}", file=sys.stderr)
+
+
+def _report(error: BaseException) -> int:
+    """One line on stderr for an error that ended a command; returns the exit status."""
+    from dfm_apps.config import ConfigError
+    from dfm_apps.runs import RunError
+    from dfm_core.checkpoint import CheckpointError
+    from dfm_core.trainer import NonFiniteLossError, TrainingInterrupted
+
+    if isinstance(error, TrainingInterrupted):
+        print(f"dfm: {_one_line(str(error))}", file=sys.stderr)
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        print("dfm: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(error, (ConfigError, RunError)):
+        return _error(str(error))
+    if isinstance(error, OSError) and not isinstance(error, CheckpointError):
+        where = f"{error.filename}: " if error.filename else ""
+        return _error(f"{where}{error.strerror or error}", 1)
+    if isinstance(error, (CheckpointError, NonFiniteLossError, ValueError)):
+        return _error(str(error), 1)
+    return _error(f"{type(error).__name__}: {error} (run with --debug for the traceback)", 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "data":
         return _data(args_list[1:])
+    debug, args_list = _debug_requested(args_list)
     parser = build_parser()
     # parse_known_args + collecting KEY=VALUE leftovers lets overrides sit anywhere, even
     # between options after a positional (argparse alone matches `nargs="*"` only once).
@@ -147,24 +205,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in preset_names():
             print(f"{name:<16} {preset_summary(name)}")
         return 0
-    # Imported here, not at the top: `dfm --help`, `dfm presets` and `dfm data` do not
-    # need torch and the core, which take seconds to import.
-    from dfm_apps.config import ConfigError
-    from dfm_apps.runs import RunError
+    if debug:
+        return _dispatch(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return _dispatch(args)
+        except SystemExit:
+            raise
+        except BaseException as error:  # every error ends in one line (--debug: traceback)
+            return _report(error)
 
-    try:
-        if args.command == "demo":
-            return _train("demo", args.overrides, args.run_dir, resume=True, dry_run=args.dry_run)
-        if args.command == "train":
-            return _train(
-                args.preset, args.overrides, args.run_dir, resume=args.resume, dry_run=args.dry_run
-            )
-        if args.command == "sample":
-            return _sample(args)
-        if args.command == "launch":
-            return _launch(args)
-    except (ConfigError, RunError) as error:
-        return _error(str(error))
+
+def _dispatch(args: argparse.Namespace) -> int:
+    # Errors propagate to `main`, which turns them into one line (or, with --debug,
+    # lets the traceback through).
+    if args.command == "demo":
+        return _train(
+            "demo",
+            args.overrides,
+            args.run_dir,
+            resume=True,
+            dry_run=args.dry_run,
+            command="demo",
+        )
+    if args.command == "train":
+        return _train(
+            args.preset,
+            args.overrides,
+            args.run_dir,
+            resume=args.resume,
+            dry_run=args.dry_run,
+            command="train",
+        )
+    if args.command == "sample":
+        return _sample(args)
+    if args.command in ("submit", "launch"):
+        return _launch(args)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
@@ -181,29 +258,41 @@ def _data(argv: Sequence[str]) -> int:
     return int(status or 0)
 
 
-def _run_dir(preset: str, run_dir: Path | None, *, resume: bool) -> Path:
+def _run_dir(preset: str, run_dir: Path | None, *, resume: bool, command: str) -> Path:
     from dfm_apps.runs import RunError, default_run_dir
 
     if run_dir is None:
-        if resume and preset != "demo":
-            raise RunError("--resume needs --run-dir (the run to continue)")
+        # `dfm demo` always resumes (its own run dir, if any); an explicit --resume
+        # without a run to continue would silently start a new run instead.
+        if resume and command != "demo":
+            raise RunError(f"dfm {command} --resume needs --run-dir (the run to continue)")
         return default_run_dir(preset)
     return run_dir
 
 
 def _train(
-    preset: str, overrides: Sequence[str], run_dir: Path | None, *, resume: bool, dry_run: bool
+    preset: str,
+    overrides: Sequence[str],
+    run_dir: Path | None,
+    *,
+    resume: bool,
+    dry_run: bool,
+    command: str,
 ) -> int:
     from dfm_apps.config import to_yaml
     from dfm_apps.runs import execute, format_summary, resolve_config
 
-    chosen = _run_dir(preset, run_dir, resume=resume)
+    chosen = _run_dir(preset, run_dir, resume=resume, command=command)
     config = resolve_config(preset, overrides, run_dir, resume=resume)
     if dry_run:
         print(to_yaml(config), end="")
         return 0
+    from dfm_core.trainer import graceful_stop
+
     print(f"dfm: {preset} -> {chosen}", file=sys.stderr)
-    result = execute(config, chosen)
+    # SIGTERM/SIGINT/SIGUSR1/SIGUSR2: finish the step, save, exit with one line.
+    with graceful_stop():
+        result = execute(config, chosen)
     if result is not None:
         print(format_summary(result, name=preset))
     return 0
@@ -220,8 +309,8 @@ def _sample(args: argparse.Namespace) -> int:
         validate,
     )
     from dfm_apps.report import format_scores
-    from dfm_apps.runs import CONFIG_FILE, RunError
-    from dfm_core.checkpoint import CheckpointError
+    from dfm_apps.runs import CONFIG_FILE, RunError, check_checkpoint_config
+    from dfm_core.checkpoint import CheckpointCorruptError, CheckpointError
 
     run_dir: Path = args.run_dir
     if not (run_dir / CONFIG_FILE).is_file():
@@ -239,7 +328,10 @@ def _sample(args: argparse.Namespace) -> int:
     settings = validate(config)
     out = args.out if args.out is not None else run_dir / "samples" / f"seed-{seed}"
     try:
+        check_checkpoint_config(run_dir, stored)
         trained = projection.load_models(settings, run_dir)
+    except CheckpointCorruptError:
+        raise
     except CheckpointError as error:
         raise RunError(
             f"{error} (train it first: dfm train {settings.name} --run-dir {run_dir})"
@@ -262,6 +354,11 @@ def _launch(args: argparse.Namespace) -> int:
     from dfm_apps.runs import format_summary, resolve_config
 
     cluster = args.cluster or ("local" if args.local else "slurm")
+    if cluster != "slurm" and args.nodes > 1:
+        return _error(
+            f"--nodes {args.nodes}: --local runs on this machine, which is one node; "
+            "use --nodes 1, or submit to SLURM with --slurm-partition"
+        )
     try:
         options = LaunchOptions(
             cluster=cluster,
@@ -274,7 +371,7 @@ def _launch(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         return _error(str(error))
-    run_dir = _run_dir(args.preset, args.run_dir, resume=args.resume)
+    run_dir = _run_dir(args.preset, args.run_dir, resume=args.resume, command=args.command)
     config = resolve_config(args.preset, args.overrides, args.run_dir, resume=args.resume)
     if args.dry_run:
         print(to_yaml(config), end="")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -25,7 +26,7 @@ from dfm_apps.presets import preset_text
 from dfm_core.projection_problem import ProjectionModelConfig as ModelConfig
 from dfm_core.projection_problem import ProjectionProblem
 from dfm_core.sampling import SAMPLERS
-from dfm_core.schedules import ScheduleConfig
+from dfm_core.schedules import SCHEDULES, ScheduleConfig
 from dfm_core.trainer import OptimizerConfig, TrainerConfig
 
 __all__ = [
@@ -55,6 +56,10 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- projection
 
 
+TARGET_VIEWS = ("uniform", "complement")
+"""Allowed values of ``problem.target_views``."""
+
+
 @dataclass
 class ProblemConfig:
     """The built-in projection problem (``dfm_core.projection_problem``)."""
@@ -72,6 +77,30 @@ class ProblemConfig:
     target_views: str = "complement"
     """How phi^trgt is drawn given phi^ctxt: ``uniform`` (independently) or
     ``complement`` (inside the orthogonal complement of the context; needs 2k <= d)."""
+
+    def __post_init__(self) -> None:
+        d, k = self.signal_dim, self.observation_dim
+        if d < 2:
+            raise ValueError(f"problem.signal_dim: expected >= 2, got {d}")
+        if not 1 <= k < d:
+            raise ValueError(
+                f"problem.observation_dim: expected 1 <= observation_dim < signal_dim = {d} "
+                f"(an observation must lose information), got {k}"
+            )
+        if self.num_components < 1:
+            raise ValueError(f"problem.num_components: expected >= 1, got {self.num_components}")
+        if not self.noise_std >= 0:
+            raise ValueError(f"problem.noise_std: expected >= 0, got {self.noise_std}")
+        if self.target_views not in TARGET_VIEWS:
+            raise ValueError(
+                f"problem.target_views: expected one of {list(TARGET_VIEWS)}, "
+                f"got {self.target_views!r}"
+            )
+        if self.target_views == "complement" and 2 * k > d:
+            raise ValueError(
+                f"problem.target_views='complement' needs 2 * observation_dim <= signal_dim, "
+                f"got observation_dim={k}, signal_dim={d}; use target_views=uniform"
+            )
 
     def build(self) -> ProjectionProblem:
         return ProjectionProblem.build(
@@ -95,6 +124,13 @@ class DataConfig:
     """Dataset length in items (an epoch); items are generated on the fly from their index."""
     seed: int = 0
     """Seed of the generated batches."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}: expected >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"data.seed: expected >= 0, got {self.seed}")
 
 
 @dataclass
@@ -175,6 +211,18 @@ class ProjectionConfig:
     are too small to gain from intra-op threads, which only oversubscribe shared CPUs."""
 
     def __post_init__(self) -> None:
+        # ScheduleConfig (dfm-core) builds lazily; check its values here so --dry-run
+        # catches them, naming the key and the allowed values.
+        if self.schedule.name not in SCHEDULES:
+            raise ValueError(
+                f"schedule.name: expected one of {sorted(SCHEDULES)}, got {self.schedule.name!r}"
+            )
+        if self.schedule.num_timesteps < 2:
+            raise ValueError(
+                f"schedule.num_timesteps: expected >= 2, got {self.schedule.num_timesteps}"
+            )
+        if self.app != "projection":
+            raise ValueError(f"app: expected 'projection' for this schema, got {self.app!r}")
         self.model.check_noise(self.problem.noise_std)
         if self.baseline_steps < 1:
             raise ValueError(f"baseline_steps must be >= 1, got {self.baseline_steps}")
@@ -267,9 +315,22 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConf
         data = OmegaConf.load(path)
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: no such config file") from error
+    except yaml.YAMLError as error:  # syntax errors, and tags such as !!python/object
+        raise ConfigError(f"{path}: not a valid config file: {_yaml_problem(error)}") from error
     except (OmegaConfBaseException, OSError) as error:
-        raise ConfigError(f"{path}: cannot read config: {error}") from error
+        reason = getattr(error, "strerror", None) or str(error).split("\n", 1)[0]
+        raise ConfigError(f"{path}: cannot read config: {reason}") from error
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got a {type(data).__name__}")
     return config_from_container(data, overrides, where=str(path))
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's problem and line in one line (its own message spans several)."""
+    problem = getattr(error, "problem", None) or str(error).split("\n", 1)[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def config_from_container(data: Any, overrides: Sequence[str] = (), *, where: str) -> DictConfig:

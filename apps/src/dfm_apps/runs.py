@@ -30,11 +30,12 @@ from dfm_apps.config import (
     to_yaml,
     validate,
 )
-from dfm_core.checkpoint import list_checkpoints
+from dfm_core.checkpoint import config_differences, list_checkpoints, read_checkpoint_config
 
 __all__ = [
     "CONFIG_FILE",
     "RunError",
+    "check_checkpoint_config",
     "checkpoint_step",
     "default_run_dir",
     "execute",
@@ -57,6 +58,29 @@ def checkpoint_step(run_dir: Path) -> int | None:
     """Step of the newest complete DFM checkpoint of a run, or None."""
     found = list_checkpoints(run_dir / "checkpoints")
     return found[-1][0] if found else None
+
+
+def check_checkpoint_config(run_dir: Path, config: Mapping[str, Any] | DictConfig) -> None:
+    """Refuse a run whose newest checkpoint was trained with other weight-defining settings.
+
+    Compares the config embedded in the newest complete checkpoint with ``config`` on
+    the sections that fix the weights (``PROJECTION_FROZEN``). Does nothing when the run
+    has no checkpoint yet.
+
+    Raises:
+        RunError: naming every differing field (saved -> now).
+    """
+    if checkpoint_step(run_dir) is None:
+        return
+    saved = read_checkpoint_config(run_dir).get("run")
+    current = to_container(config) if isinstance(config, DictConfig) else dict(config)
+    changed = config_differences(saved, current, PROJECTION_FROZEN)
+    if changed:
+        raise RunError(
+            f"{run_dir / 'checkpoints'} was trained with a different config than "
+            f"{run_dir / CONFIG_FILE}: {', '.join(changed)}; the weights do not fit it "
+            "(restore the config or use a new --run-dir)"
+        )
 
 
 def resolve_config(
@@ -133,6 +157,7 @@ def execute(config: Mapping[str, Any] | DictConfig, run_dir: str | Path) -> dict
     settings = validate(structured)
     plain = to_container(structured)
     yaml_text = to_yaml(structured)
+    check_checkpoint_config(run_dir, plain)
     if _rank() == 0:
         _write_config(run_dir, yaml_text)
     trained = projection.train(settings, run_dir, run_config=plain)
