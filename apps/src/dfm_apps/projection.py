@@ -19,7 +19,6 @@ Run directory::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -30,21 +29,21 @@ import torch
 from torch import Tensor
 
 from dfm_apps import plots, report
-from dfm_apps.config import EvaluationConfig, ProjectionConfig
+from dfm_apps.config import PROJECTION_FROZEN, EvaluationConfig, ProjectionConfig
 from dfm_core.checkpoint import CheckpointError, list_checkpoints, load_weights
 from dfm_core.diffusion import Context, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
 from dfm_core.projection_problem import (
+    FittedModels,
     PosteriorScores,
     ProjectionDataset,
     ProjectionProblem,
     RegressionBaseline,
-    collate_projection,
     posterior_samples,
     score_samples,
+    train_projection_models,
 )
 from dfm_core.sampling import StepInfo, sample
-from dfm_core.trainer import Trainer
 
 __all__ = [
     "Evaluation",
@@ -70,64 +69,40 @@ def set_threads(config: ProjectionConfig) -> None:
         torch.set_num_threads(config.num_threads)
 
 
-@dataclass
-class Trained:
-    """The EMA models after training and the steps they were trained for."""
-
-    diffusion: ForwardDiffusion
-    baseline: RegressionBaseline
-    dfm_step: int
-    baseline_step: int
-    resumed_from: int | None
+Trained = FittedModels
+"""The EMA models after training and the steps they were trained for (core's type)."""
 
 
 def train(config: ProjectionConfig, run_dir: Path, *, run_config: dict[str, Any]) -> Trained:
     """Train (or resume, then finish training) the DFM model and the baseline.
 
-    Resumes from the newest checkpoint of ``run_dir`` (and ``run_dir/baseline``) when
-    there is one; a finished run is not trained further. Call on every rank.
+    Core's one training path (``dfm_core.projection_problem.train_projection_models``),
+    with this app's run-directory layout: DFM in ``run_dir``, the baseline in
+    ``run_dir/baseline``. Resumes from the newest checkpoints; a finished run is not
+    trained further. Call on every rank.
 
     Args:
         config: the validated config.
         run_dir: the run directory.
-        run_config: the resolved config as plain data, embedded in every checkpoint.
+        run_config: the resolved config as plain data, embedded in every checkpoint; a
+            resumed run must not change its ``PROJECTION_FROZEN`` sections.
     """
     set_threads(config)
     problem = config.problem.build()
     dataset = ProjectionDataset(
         problem, config.data.batch_size, config.data.length, config.data.seed
     )
-
-    diffusion, baseline_model = build_models(config)
-    dfm = Trainer(
+    diffusion, baseline = build_models(config)
+    return train_projection_models(
         diffusion,
+        baseline,
         dataset,
         config.trainer,
+        baseline_steps=config.baseline_steps,
         run_dir=run_dir,
-        collate_fn=collate_projection,
+        baseline_dir=run_dir / BASELINE_DIR,
         run_config=run_config,
-    )
-    resumed_from = dfm.resume()
-    dfm.train()
-
-    baseline_trainer_config = dataclasses.replace(config.trainer, max_steps=config.baseline_steps)
-    baseline = Trainer(
-        baseline_model,
-        dataset,
-        baseline_trainer_config,
-        run_dir=run_dir / BASELINE_DIR,
-        collate_fn=collate_projection,
-        run_config=run_config,
-    )
-    baseline.resume()
-    baseline.train()
-    dfm.close()
-    return Trained(
-        diffusion=dfm.ema_model(),
-        baseline=baseline.ema_model(),
-        dfm_step=dfm.step,
-        baseline_step=baseline.step,
-        resumed_from=resumed_from,
+        frozen_config_keys=PROJECTION_FROZEN,
     )
 
 
