@@ -54,6 +54,14 @@ def test_gif_round_trip_is_exact_for_few_colours(tmp_path: Path) -> None:
     assert iio.immeta(path, index=0)["duration"] == pytest.approx(100)
 
 
+def test_gif_of_smooth_frames_is_close(tmp_path: Path) -> None:
+    frames = smooth_frames(5, 24, 40)
+    back = iio.imread(write_video(tmp_path / "s.gif", frames, fps=25), index=None)[..., :3]
+    assert back.shape == (5, 24, 40, 3)
+    error = np.abs(back.astype(np.float64) - to_uint8_frames(frames))
+    assert error.mean() < 4.0, error.mean()  # 256-colour palette per frame
+
+
 def test_video_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unsupported video extension '\.avi'"):
         write_video(tmp_path / "v.avi", smooth_frames(2, 8, 8))
