@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dfm_render.cameras import pixel_grid, project_points, rays_from_pixels
 from dfm_render.pixel_features import sample_pixel_features
@@ -142,4 +143,49 @@ def test_gradcheck_in_features_and_uv():
     depth = torch.ones(1, 2, 2, dtype=F64)
     assert torch.autograd.gradcheck(
         lambda f, x: sample_pixel_features(f, x, depth)[0], (features, uv)
+    )
+
+
+def grid_sample_reference(features, uv, depth):
+    """The documented equivalent: grid_sample(border, align_corners=False) at 2 uv - 1, then masked."""
+    b, v, c, h, w = features.shape
+    out = F.grid_sample(
+        features.reshape(b * v, c, h, w),
+        (2 * uv - 1).reshape(b * v, -1, 1, 2),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )[..., 0]  # (B*V, C, P)
+    valid = ((uv >= 0) & (uv <= 1)).all(-1) & (depth > 0)
+    return out.reshape(b, v, c, -1).transpose(-1, -2) * valid[..., None], valid
+
+
+@pytest.mark.parametrize(("height", "width"), [(5, 7), (1, 4), (3, 1), (1, 1)])
+def test_equals_grid_sample_values_and_gradients(height, width):
+    g = torch.Generator().manual_seed(height * 10 + width)
+    base = torch.randn(2, 3, 4, height, width, generator=g, dtype=F64)
+    uv0 = torch.rand(2, 3, 40, 2, generator=g, dtype=F64) * 1.4 - 0.2  # some outside the image
+    depth = torch.randn(2, 3, 40, generator=g, dtype=F64) + 1.0  # some behind the camera
+    ours = [base.clone().requires_grad_(), uv0.clone().requires_grad_()]
+    ref = [base.clone().requires_grad_(), uv0.clone().requires_grad_()]
+    values, valid = sample_pixel_features(ours[0], ours[1], depth)
+    expected, expected_valid = grid_sample_reference(ref[0], ref[1], depth)
+    assert torch.equal(valid, expected_valid) and 0 < valid.sum() < valid.numel()
+    torch.testing.assert_close(values, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(values.shape, generator=g, dtype=F64)
+    (values * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(ours[0].grad, ref[0].grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours[1].grad, ref[1].grad, rtol=1e-10, atol=1e-10)
+
+
+def test_any_memory_layout_of_the_feature_maps():
+    g = torch.Generator().manual_seed(9)
+    features = torch.randn(1, 2, 6, 4, 5, generator=g)
+    channels_last = features.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    uv = torch.rand(1, 2, 10, 2, generator=g)
+    depth = torch.ones(1, 2, 10)
+    torch.testing.assert_close(
+        sample_pixel_features(channels_last, uv, depth)[0],
+        sample_pixel_features(features, uv, depth)[0],
     )

@@ -2,11 +2,21 @@
 point projects.
 
 Coordinates follow :mod:`dfm_render.cameras`: normalised ``uv`` in ``[0, 1]^2`` with pixel centres at
-``((j + 0.5) / W, (i + 0.5) / H)``, which is ``grid_sample(..., align_corners=False)`` at
-``grid = 2 * uv - 1``. Unlike the original DFM code (``align_corners=True`` with border padding and no
-mask), points behind a camera or outside its image are *masked*: their features are zero and
-``valid`` is False, so a view that cannot see a point contributes nothing rather than its border
-pixels' features.
+``((j + 0.5) / W, (i + 0.5) / H)``. The read is bilinear with border clamping, value for value what
+``grid_sample(..., mode="bilinear", padding_mode="border", align_corners=False)`` returns at
+``grid = 2 * uv - 1`` (the tests check that equality). Unlike the original DFM code
+(``align_corners=True`` with border padding and no mask), points behind a camera or outside its image
+are *masked*: their features are zero and ``valid`` is False, so a view that cannot see a point
+contributes nothing rather than its border pixels' features.
+
+**Why not ``grid_sample`` itself.** ``grid_sample`` reads an ``(N, C, H, W)`` map one channel plane at
+a time, so each point touches ``4 C`` scattered floats, and its output is ``(N, C, P)``, the
+transpose of what the field consumes. Here the map is laid out as a table of ``H W`` rows of ``C``
+contiguous channels and the four bilinear taps are one ``embedding_bag`` (weighted sum of 4 rows per
+point): contiguous reads, output already ``(P, C)``, and masked points get zero weights instead of a
+second pass. On CPU (1 thread, 131k points x 2 views x 512 channels, median of 3) that measured
+7.3 s -> 1.3 s forward and 36.6 s -> 4.0 s forward + backward against ``grid_sample`` + masking
+(64 channels: 0.38 -> 0.22 s and 1.96 -> 1.38 s).
 """
 
 from __future__ import annotations
@@ -51,18 +61,39 @@ def sample_pixel_features(features: Tensor, uv: Tensor, depth: Tensor) -> tuple[
     points = uv.shape[2]
     inside = ((uv >= 0) & (uv <= 1)).all(dim=-1)  # (B, V, P)
     valid = inside & (depth > 0)  # (B, V, P)
-    # Invalid points (possibly huge uv from near-zero depth) are sent to the image centre before
-    # sampling so they cannot produce non-finite values or gradients; their result is zeroed below.
-    grid = torch.where(valid[..., None], 2 * uv - 1, torch.zeros_like(uv))  # (B, V, P, 2)
-    sampled = F.grid_sample(
-        features.reshape(batch * views, channels, height, width),
-        grid.reshape(batch * views, points, 1, 2).to(features.dtype),
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=False,
-    )  # (B*V, C, P, 1)
-    values = sampled.view(batch, views, channels, points)  # (B, V, C, P)
-    # In place: grid_sample's backward does not need its output, and at paper sizes this tensor
-    # is the largest in the field (C = 512 channels per point and view), so no second copy.
-    values.masked_fill_(~valid[:, :, None, :], 0.0)
-    return values.transpose(-1, -2), valid  # (B, V, P, C), (B, V, P)
+    # Invalid points (possibly huge uv from near-zero depth) are read at the image centre with zero
+    # weight, so they can produce neither non-finite values nor gradients.
+    uv = torch.where(valid[..., None], uv, torch.full_like(uv, 0.5))  # (B, V, P, 2)
+    # Continuous pixel coordinates with the pixel centres on integers, clamped to the outermost
+    # centres: border padding, as grid_sample(padding_mode="border", align_corners=False).
+    x = (uv[..., 0] * width - 0.5).clamp(0, width - 1)  # (B, V, P)
+    y = (uv[..., 1] * height - 0.5).clamp(0, height - 1)  # (B, V, P)
+    # Top-left tap; at the last column/row use the previous one with weight 1 on the far tap.
+    col0 = x.detach().floor().clamp(max=max(width - 2, 0))  # (B, V, P)
+    row0 = y.detach().floor().clamp(max=max(height - 2, 0))  # (B, V, P)
+    a, b = x - col0, y - row0  # (B, V, P): fractional offsets, differentiable in uv
+    col0, row0 = col0.long(), row0.long()
+    col1 = (col0 + 1).clamp(max=width - 1)
+    row1 = (row0 + 1).clamp(max=height - 1)
+    # Row of each tap in the (B*V*H*W, C) table.
+    view_offset = torch.arange(batch * views, device=uv.device).reshape(batch, views, 1) * (
+        height * width
+    )  # (B, V, 1)
+    taps = (
+        torch.stack(
+            [row0 * width + col0, row0 * width + col1, row1 * width + col0, row1 * width + col1], -1
+        )
+        + view_offset[..., None]
+    )  # (B, V, P, 4)
+    keep = valid.to(a.dtype)
+    tap_weights = (
+        torch.stack([(1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b], dim=-1) * keep[..., None]
+    )  # (B, V, P, 4): bilinear weights, zero for invalid points
+    table = features.permute(0, 1, 3, 4, 2).reshape(batch * views * height * width, channels)
+    values = F.embedding_bag(
+        taps.reshape(-1, 4),
+        table,
+        per_sample_weights=tap_weights.reshape(-1, 4).to(table.dtype),
+        mode="sum",
+    )  # (B*V*P, C)
+    return values.reshape(batch, views, points, channels), valid
