@@ -20,9 +20,11 @@ from dfm_core.projection_problem import (
     context_correction,
     exact_denoiser,
     exact_posterior,
+    posterior_samples,
     random_projections,
+    score_samples,
 )
-from dfm_core.sampling import sample_ddim
+from dfm_core.sampling import sample_ddim, sample_dpmpp_2m
 from dfm_core.schedules import NoiseSchedule
 
 
@@ -409,3 +411,102 @@ def test_noisy_consistent_predictor_learns_its_prior_variance():
     assert "log_consistency_var" not in dict(
         ProjectionPredictor(4, 2, 10, hidden=8, depth=1, context_consistent=True).named_parameters()
     )
+
+
+def test_problem_family_covers_the_documented_ranges():
+    problems = [ProjectionProblem.from_family(seed) for seed in range(200)]
+    dims = {(p.signal_dim, p.observation_dim) for p in problems}
+    assert {d for d, _ in dims} == set(range(2, 9))
+    assert all(1 <= k < d for d, k in dims)
+    assert {p.prior.weights.shape[0] for p in problems} == set(range(2, 7))
+    assert {p.noise_std for p in problems} == {0.0, 0.05, 0.2}
+    strongest = []
+    for p in problems:
+        assert p.target_views == (
+            "complement" if 2 * p.observation_dim <= p.signal_dim else "uniform"
+        )
+        cov = p.prior.covariances
+        eigenvalues = torch.linalg.eigvalsh(cov)
+        assert bool((eigenvalues[:, -1] / eigenvalues[:, 0] > 1.01).all())  # anisotropic
+        std = torch.diagonal(cov, dim1=-2, dim2=-1).sqrt()
+        correlation = cov / (std[..., :, None] * std[..., None, :])
+        off_diagonal = correlation - torch.diag_embed(torch.ones_like(std))
+        strongest.append(off_diagonal.abs().amax((-2, -1)))
+    # Randomly rotated axes: components are correlated, rarely axis-aligned by chance.
+    assert float((torch.cat(strongest) > 0.05).double().mean()) > 0.9
+    again = ProjectionProblem.from_family(5)
+    assert torch.equal(again.prior.means, problems[5].prior.means)
+    assert again.describe() == problems[5].describe()
+    with pytest.raises(ValueError, match="seed: expected a non-negative int"):
+        ProjectionProblem.from_family(-1)
+
+
+def test_posterior_samples_exact_dfm_is_the_sampler_run_on_the_exact_denoiser():
+    problem = ProjectionProblem.build(3, 1, num_components=3, noise_std=0.05, seed=2)
+    schedule = NoiseSchedule.from_name("cosine", 100)
+    m, n, seed = 3, 4, 7
+    samples = posterior_samples(
+        problem,
+        None,
+        None,
+        num_contexts=m,
+        num_samples=n,
+        steps=5,
+        seed=seed,
+        exact_dfm=True,
+        schedule=schedule,
+        sampler="dpmpp_2m",
+    )
+    # Redo it by hand with the documented seeding: contexts, exact sets, target views.
+    g = torch.Generator().manual_seed(seed)
+    signal = problem.prior.sample(m, g)
+    params = random_projections(m, 1, 3, g)
+    obs = problem.observe(signal, params, g)
+    posterior = exact_posterior(problem.prior, obs, params, 0.05)
+    posterior.sample(n, g), posterior.sample(n, g)
+    target = problem.target_params(params.repeat_interleave(n, 0), g)
+    repeated = GaussianMixture(
+        *(
+            x.repeat_interleave(n, 0)
+            for x in (posterior.weights, posterior.means, posterior.covariances)
+        )
+    )
+    out = sample_dpmpp_2m(
+        exact_denoiser(repeated, target, schedule, 0.05),
+        schedule,
+        (m * n, 1),
+        steps=5,
+        generator=torch.Generator().manual_seed(seed + 1),
+        dtype=torch.float64,
+    )
+    assert torch.allclose(samples["exact_dfm"], out.signal.reshape(m, n, 3), atol=1e-12)
+    with pytest.raises(ValueError, match="schedule: needed for exact_dfm"):
+        posterior_samples(problem, None, None, num_contexts=1, num_samples=1, exact_dfm=True)
+
+
+def test_score_medians_are_per_context_ratios():
+    g = torch.Generator().manual_seed(0)
+    samples = {
+        name: torch.randn(5, 6, 2, generator=g, dtype=torch.float64)
+        for name in ("exact", "exact_repeat", "dfm", "exact_dfm")
+    }
+    samples["dfm"] = samples["dfm"] * 2
+    scores = score_samples(samples)
+    means = {}
+    for name in ("exact_repeat", "dfm", "exact_dfm"):
+        per_context = []
+        for c in range(5):
+            x, y = samples[name][c].numpy(), samples["exact"][c].numpy()
+            dist = lambda a, b: np.mean(np.linalg.norm(a[:, None] - b[None], axis=-1))  # noqa: E731
+            per_context.append(2 * dist(x, y) - dist(x, x) - dist(y, y))
+        means[name] = np.array(per_context)
+    floor = means["exact_repeat"]
+    assert scores.noise_floor == pytest.approx(floor.mean(), rel=1e-12)
+    assert scores.dfm_median_ratio == pytest.approx(np.median(means["dfm"] / floor), rel=1e-12)
+    assert scores.exact_dfm_median_ratio == pytest.approx(
+        np.median(means["exact_dfm"] / floor), rel=1e-12
+    )
+    assert scores.relative_ratio == pytest.approx(
+        means["dfm"].mean() / means["exact_dfm"].mean(), rel=1e-12
+    )
+    assert math.isnan(scores.baseline) and math.isnan(scores.baseline_median_ratio)

@@ -69,6 +69,10 @@ __all__ = [
 ]
 
 
+_INIT_DFM, _INIT_BASELINE = 1000, 1001  # seed-stream tags of the initial weights
+_FAMILY = 1002  # seed-stream tag of ProjectionProblem.from_family
+
+
 @dataclass(frozen=True)
 class GaussianMixture:
     """A Gaussian mixture in R^d, batched over a leading dimension or not.
@@ -452,6 +456,39 @@ class ProjectionProblem:
         prior = GaussianMixture.random(signal_dim, num_components, generator)
         return ProjectionProblem(prior, signal_dim, observation_dim, noise_std, target_views)
 
+    @staticmethod
+    def from_family(seed: int) -> ProjectionProblem:
+        """Problem number ``seed`` of the seeded family used to test fidelity broadly.
+
+        Drawn from ``seed`` alone: d uniform in 2..8, k uniform in 1..d-1, 2..6 mixture
+        components (``GaussianMixture.random``: random rotations of anisotropic
+        covariances with standard deviations in [0.08, 0.2], so components are
+        correlated), observation noise uniform in {0, 0.05, 0.2}. Target views are
+        ``"complement"`` when 2k <= d, else ``"uniform"``. Where 2k < d context and target
+        do not determine S and DFM's final signal averages the rest (module docstring):
+        score against the exact denoiser's DFM samples, not only the noise floor.
+
+        Args:
+            seed: any non-negative int; problem i of a test is ``from_family(i)``.
+        """
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        generator = torch.Generator().manual_seed(derive_seed(int(seed), _FAMILY))
+        d = int(torch.randint(2, 9, (), generator=generator))
+        k = int(torch.randint(1, d, (), generator=generator))
+        num_components = int(torch.randint(2, 7, (), generator=generator))
+        noise_std = (0.0, 0.05, 0.2)[int(torch.randint(0, 3, (), generator=generator))]
+        prior = GaussianMixture.random(d, num_components, generator)
+        target_views = "complement" if 2 * k <= d else "uniform"
+        return ProjectionProblem(prior, d, k, noise_std, target_views)
+
+    def describe(self) -> str:
+        """A short name: ``d6-k3-K4-n0.05``."""
+        return (
+            f"d{self.signal_dim}-k{self.observation_dim}-K{self.prior.weights.shape[-1]}"
+            f"-n{self.noise_std:g}"
+        )
+
     def target_params(
         self, context_params: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -808,15 +845,28 @@ class RegressionBaseline(nn.Module):
 class PosteriorScores:
     """Energy distances to exact posterior samples, averaged over contexts.
 
+    Two summaries of each source: the *mean* ratio (mean energy distance over contexts
+    divided by the mean noise floor; a few hard contexts dominate it) and the *median
+    per-context* ratio (median over contexts of distance / that context's floor).
+
     Attributes:
         dfm: DFM samples vs exact samples.
         baseline: deterministic-baseline samples (one per context, repeated) vs exact.
         noise_floor: exact vs independent exact samples, same sample counts.
+        exact_dfm: DFM sampling with the exact denoiser (``exact_denoiser``), same sampler,
+            steps, target views and noise: what the method itself reaches, the reference
+            for a trained model (below the floor is impossible; above it when 2k < d).
+        dfm_median_ratio, baseline_median_ratio, exact_dfm_median_ratio: median
+            per-context ratios to the noise floor.
     """
 
     dfm: float
     baseline: float
     noise_floor: float
+    exact_dfm: float = math.nan
+    dfm_median_ratio: float = math.nan
+    baseline_median_ratio: float = math.nan
+    exact_dfm_median_ratio: float = math.nan
 
     @property
     def dfm_ratio(self) -> float:
@@ -825,6 +875,44 @@ class PosteriorScores:
     @property
     def baseline_ratio(self) -> float:
         return self.baseline / self.noise_floor
+
+    @property
+    def exact_dfm_ratio(self) -> float:
+        return self.exact_dfm / self.noise_floor
+
+    @property
+    def relative_ratio(self) -> float:
+        """Trained / exact-denoiser mean ratio: 1 means the network is as good as allowed."""
+        return self.dfm / self.exact_dfm
+
+    @property
+    def relative_median_ratio(self) -> float:
+        """Trained / exact-denoiser median per-context ratio."""
+        return self.dfm_median_ratio / self.exact_dfm_median_ratio
+
+
+def _sample_signals(
+    denoiser: Callable[[Tensor, Tensor], Denoised],
+    schedule: NoiseSchedule,
+    shape: tuple[int, int],
+    *,
+    sampler: str,
+    steps: int,
+    seed: int,
+    device: torch.device | str,
+    sampler_options: dict[str, Any],
+) -> Tensor:
+    result = sample(
+        sampler,
+        denoiser,
+        schedule,
+        shape,
+        steps=steps,
+        generator=torch.Generator(device).manual_seed(seed),
+        device=device,
+        **sampler_options,
+    )
+    return result.signal.double().cpu()
 
 
 @torch.no_grad()
@@ -839,15 +927,35 @@ def posterior_samples(
     seed: int = 1234,
     sampler: str = "ddim",
     guidance_scale: float = 1.0,
+    exact_dfm: bool = False,
+    schedule: NoiseSchedule | None = None,
+    sampler_options: dict[str, Any] | None = None,
 ) -> dict[str, Tensor]:
     """Samples of S for ``num_contexts`` held-out contexts from every source.
 
+    Args:
+        problem: the problem.
+        diffusion, baseline: the trained models, or None to skip them.
+        num_contexts: held-out contexts M.
+        num_samples: samples n per context from every source.
+        steps, sampler, sampler_options: how DFM samples (``dfm_core.sampling.sample``).
+        seed: seeds contexts, exact samples, target views and sampler noise.
+        guidance_scale: classifier-free guidance of the trained model.
+        exact_dfm: also sample DFM with the exact denoiser (same sampler, steps, target
+            views and initial noise as the trained model).
+        schedule: the noise schedule of ``exact_dfm``; defaults to ``diffusion``'s.
+
     Returns:
         ``{"context_obs": (M, k), "context_params": (M, k, d), "signal": (M, d),
-        "exact": (M, n, d), "exact_repeat": (M, n, d), "dfm": (M, n, d), "baseline": (M, n, d)}``
-        (the last two only for the models given). Float64.
+        "exact": (M, n, d), "exact_repeat": (M, n, d), "dfm": (M, n, d), "baseline": (M, n, d),
+        "exact_dfm": (M, n, d)}`` (the last three only when asked for). Float64.
     """
     d, k = problem.signal_dim, problem.observation_dim
+    options = dict(sampler_options or {})
+    if exact_dfm and schedule is None:
+        if diffusion is None:
+            raise ValueError("schedule: needed for exact_dfm=True when no diffusion is given")
+        schedule = diffusion.schedule
     generator = torch.Generator().manual_seed(seed)
     signal = problem.prior.sample(num_contexts, generator)
     context_params = random_projections(num_contexts, k, d, generator)
@@ -864,28 +972,48 @@ def posterior_samples(
         observation=context_obs.repeat_interleave(num_samples, 0),
         params=context_params.repeat_interleave(num_samples, 0),
     )
+    # A fresh target view per sample: the learned distribution over signals must not
+    # depend on it (remark on 3D consistency in the supplementary).
+    target_params = problem.target_params(repeated.params, generator)
+    shape = (num_contexts * num_samples, k)
     if diffusion is not None:
         device = next(diffusion.parameters()).device
         repeated_device = tree_to(repeated, device)
-        # A fresh target view per sample: the learned distribution over signals must not
-        # depend on it (remark on 3D consistency in the supplementary).
-        target_params = problem.target_params(repeated.params, generator).to(device)
-        condition = diffusion.condition(repeated_device, target_params)
+        target_device = target_params.to(device)
+        condition = diffusion.condition(repeated_device, target_device)
         if guidance_scale == 1.0:
             denoiser = diffusion.denoiser(condition)
         else:
-            null = diffusion.condition(repeated_device, target_params, drop=True)
+            null = diffusion.condition(repeated_device, target_device, drop=True)
             denoiser = classifier_free_guidance(diffusion.denoise, condition, null, guidance_scale)
-        result = sample(
-            sampler,
+        out["dfm"] = _sample_signals(
             denoiser,
             diffusion.schedule,
-            (num_contexts * num_samples, k),
+            shape,
+            sampler=sampler,
             steps=steps,
-            generator=torch.Generator(device).manual_seed(seed + 1),
+            seed=seed + 1,
             device=device,
+            sampler_options=options,
+        ).reshape(num_contexts, num_samples, d)
+    if exact_dfm:
+        assert schedule is not None
+        repeated_posterior = GaussianMixture(
+            posterior.weights.repeat_interleave(num_samples, 0),
+            posterior.means.repeat_interleave(num_samples, 0),
+            posterior.covariances.repeat_interleave(num_samples, 0),
         )
-        out["dfm"] = result.signal.double().cpu().reshape(num_contexts, num_samples, d)
+        oracle = exact_denoiser(repeated_posterior, target_params, schedule, problem.noise_std)
+        out["exact_dfm"] = _sample_signals(
+            oracle,
+            schedule,
+            shape,
+            sampler=sampler,
+            steps=steps,
+            seed=seed + 1,
+            device="cpu",
+            sampler_options={"dtype": torch.float64, **options},
+        ).reshape(num_contexts, num_samples, d)
     if baseline is not None:
         device = next(baseline.parameters()).device
         prediction = (
@@ -896,19 +1024,29 @@ def posterior_samples(
 
 
 def score_samples(samples: dict[str, Tensor]) -> PosteriorScores:
-    """Average energy distances to the exact samples (see ``posterior_samples``)."""
+    """Energy distances to the exact samples, mean and median per-context ratios
+    (see ``posterior_samples`` and ``PosteriorScores``)."""
     exact = samples["exact"]
-    floor = energy_distance(samples["exact_repeat"], exact).mean().item()
-    dfm = energy_distance(samples["dfm"], exact).mean().item() if "dfm" in samples else math.nan
-    baseline = (
-        energy_distance(samples["baseline"], exact).mean().item()
-        if "baseline" in samples
-        else math.nan
+    floor = energy_distance(samples["exact_repeat"], exact)  # (M,)
+
+    def summary(name: str) -> tuple[float, float]:
+        if name not in samples:
+            return math.nan, math.nan
+        distance = energy_distance(samples[name], exact)
+        return distance.mean().item(), (distance / floor).median().item()
+
+    dfm, dfm_median = summary("dfm")
+    baseline, baseline_median = summary("baseline")
+    exact_dfm, exact_dfm_median = summary("exact_dfm")
+    return PosteriorScores(
+        dfm=dfm,
+        baseline=baseline,
+        noise_floor=floor.mean().item(),
+        exact_dfm=exact_dfm,
+        dfm_median_ratio=dfm_median,
+        baseline_median_ratio=baseline_median,
+        exact_dfm_median_ratio=exact_dfm_median,
     )
-    return PosteriorScores(dfm=dfm, baseline=baseline, noise_floor=floor)
-
-
-_INIT_DFM, _INIT_BASELINE = 1000, 1001  # seed-stream tags of the initial weights
 
 
 @dataclass
