@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from dfm_apps.media import colorize_depth, image_grid, render_frames, to_uint8_frames, write_video
+from dfm_apps.media import (
+    ProgressiveRecorder,
+    colorize_depth,
+    image_grid,
+    render_frames,
+    to_uint8_frames,
+    write_video,
+)
+from dfm_core.sampling import Denoised, sample_ddim
+from dfm_core.schedules import NoiseSchedule
 
 
 def smooth_frames(n: int, h: int, w: int) -> np.ndarray:
@@ -143,3 +152,45 @@ def test_render_frames_follows_the_trajectory(capsys: pytest.CaptureFixture[str]
     assert "orbit" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"c2w must be \(N, 4, 4\)"):
         render_frames(lambda c2w: c2w, torch.eye(4))
+
+
+def test_progressive_recorder_with_a_real_sampler(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DDIM with a denoiser whose x0 is a fixed picture: every recorded x0 is that picture."""
+    target = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def denoiser(x: torch.Tensor, t: torch.Tensor) -> Denoised:
+        return Denoised(x0=target.to(x.dtype), signal=None)
+
+    recorder = ProgressiveRecorder(max_items=2, desc="ddim")
+    out = sample_ddim(
+        denoiser,
+        NoiseSchedule.from_name("cosine", 50),
+        (3, 3, 8, 8),
+        steps=4,
+        generator=torch.Generator().manual_seed(1),
+        callback=recorder,
+    )
+    assert "ddim" in capsys.readouterr().err
+    assert recorder.steps == [0, 1, 2, 3] and recorder.num_steps == 4
+    assert recorder.times == sorted(recorder.times, reverse=True)
+    # The last recorded state is the sampler's output (first two items, mapped to [0, 1]).
+    torch.testing.assert_close(recorder.noisy[-1], ((out.observation[:2] + 1) / 2).clamp(0, 1))
+    frames = recorder.frames(scale=2)
+    tile = 16
+    assert frames.shape == (4, 12 + 2 + 2 * (tile + 2), 2 + 2 * (tile + 2), 3)
+    expected_x0 = to_uint8_frames(((target[:2] + 1) / 2).permute(0, 2, 3, 1).numpy())
+    expected_x0 = expected_x0.repeat(2, axis=1).repeat(2, axis=2)
+    for k in range(4):
+        y = 12 + 2 + tile + 2  # below the title strip and the x_t row
+        np.testing.assert_array_equal(frames[k, y : y + tile, 2 : 2 + tile], expected_x0[0])
+        np.testing.assert_array_equal(
+            frames[k, y : y + tile, 4 + tile : 4 + 2 * tile], expected_x0[1]
+        )
+    back = iio.imread(write_video(tmp_path / "progressive.gif", frames, fps=4), index=None)
+    assert back.shape[0] == 4
+    only_x0 = recorder.frames(show_noisy=False, title=False)
+    assert only_x0.shape == (4, 2 + 8 + 2, 2 + 2 * (8 + 2), 3)
+    with pytest.raises(ValueError, match="no step recorded"):
+        ProgressiveRecorder().frames()

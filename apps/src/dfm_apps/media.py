@@ -9,6 +9,9 @@
 * :func:`image_grid` — tiles with optional captions, for reports.
 * :func:`render_frames` — calls a per-camera render function along a trajectory with a
   progress bar (rendering a video is the long loop).
+* :class:`ProgressiveRecorder` — a sampler ``callback`` that shows a progress bar over the
+  denoising steps and keeps ``x_t`` and the clean estimate ``x0`` of every step, for the
+  progressive-sampling animation (:meth:`ProgressiveRecorder.frames`).
 
 Frames are ``(N, H, W, 3)`` arrays or tensors, ``uint8`` or float in ``[0, 1]`` (clipped, then
 ``round(255 x)``); grayscale ``(N, H, W)`` / ``(N, H, W, 1)`` is replicated to RGB.
@@ -19,13 +22,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "ProgressiveRecorder",
     "colorize_depth",
     "image_grid",
     "progress",
@@ -298,3 +302,111 @@ def render_frames(
         return [
             render(pose) for pose in progress(c2w, desc=desc, enabled=show_progress, total=len(c2w))
         ]
+
+
+def _add_title(picture: np.ndarray, text: str, height: int, pad_value: int) -> np.ndarray:
+    """``picture`` with a ``height``-pixel strip on top holding ``text``."""
+    from PIL import Image, ImageDraw
+
+    strip = np.full((height, picture.shape[1], 3), pad_value, dtype=np.uint8)
+    out = Image.fromarray(np.concatenate([strip, picture]))
+    ink = (0, 0, 0) if pad_value > 127 else (255, 255, 255)
+    ImageDraw.Draw(out).text((2, 1), text, fill=ink)
+    return np.asarray(out)
+
+
+class ProgressiveRecorder:
+    """Sampler callback: a progress bar, and ``x_t`` / ``x0`` of every denoising step.
+
+    Pass it as ``callback=`` to ``dfm_core.sampling.sample_ddim`` (or any sampler calling
+    ``callback(info)`` with ``info.step``, ``info.num_steps``, ``info.t``, ``info.x``,
+    ``info.x0``), then write :meth:`frames` with :func:`write_video`. Only the first
+    ``max_items`` batch items are kept (as float32 on the CPU), so memory is
+    ``steps · max_items · 2`` images.
+
+    Args:
+        max_items: batch items kept per step.
+        show_progress: show a tqdm bar over the steps.
+        value_range: ``(low, high)`` of the images (``(-1, 1)`` inside models, see DESIGN §2),
+            mapped to ``[0, 1]`` for display.
+        desc: the bar's label.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_items: int = 4,
+        show_progress: bool = True,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+        desc: str = "sampling",
+    ) -> None:
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        low, high = value_range
+        if not high > low:
+            raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+        self.max_items = max_items
+        self.show_progress = show_progress
+        self.value_range = (float(low), float(high))
+        self.desc = desc
+        self.num_steps = 0
+        self.steps: list[int] = []
+        self.times: list[float] = []
+        self.noisy: list[Tensor] = []  # each (b, C, H, W) in [0, 1]
+        self.clean: list[Tensor] = []
+        self._bar: Any = None
+
+    def _to_unit(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"ProgressiveRecorder needs image states (B, 1 or 3, H, W), got {tuple(images.shape)}"
+            )
+        low, high = self.value_range
+        kept = images[: self.max_items].detach().to("cpu", torch.float32)
+        return ((kept - low) / (high - low)).clamp(0, 1)
+
+    def __call__(self, info: Any) -> None:
+        """Records one step (the sampler's ``StepInfo``)."""
+        if self.show_progress:
+            if self._bar is None:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=info.num_steps, desc=self.desc, unit="step", leave=False)
+            self._bar.update(1)
+            if info.step + 1 >= info.num_steps:
+                self._bar.close()
+                self._bar = None
+        self.num_steps = int(info.num_steps)
+        self.steps.append(int(info.step))
+        self.times.append(float(info.t))
+        self.noisy.append(self._to_unit(info.x))
+        self.clean.append(self._to_unit(info.x0))
+
+    def frames(self, *, show_noisy: bool = True, scale: int = 1, title: bool = True) -> np.ndarray:
+        """One picture per recorded step: a row of ``x_t`` (if ``show_noisy``) over a row of ``x0``.
+
+        Args:
+            show_noisy: include the noisy state row.
+            scale: nearest-neighbour upscaling of each image (for tiny renders).
+            title: a strip on top with ``step k/N  t=...``.
+
+        Returns:
+            ``(S, H', W', 3)`` uint8 frames, S = recorded steps.
+        """
+        if not self.clean:
+            raise ValueError("no step recorded: pass the recorder as the sampler's callback first")
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}")
+        out = []
+        for k in range(len(self.clean)):
+            rows = [self.noisy[k], self.clean[k]] if show_noisy else [self.clean[k]]
+            tiles = torch.cat(rows)  # (rows * b, C, H, W)
+            if scale > 1:
+                tiles = tiles.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+            grid = image_grid(tiles.permute(0, 2, 3, 1).numpy(), ncols=len(self.clean[k]))
+            if title:
+                grid = _add_title(
+                    grid, f"step {self.steps[k] + 1}/{self.num_steps}  t={self.times[k]:g}", 12, 255
+                )
+            out.append(grid)
+        return np.stack(out)
