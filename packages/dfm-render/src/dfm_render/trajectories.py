@@ -12,6 +12,9 @@ z forward; the world-to-camera is the rigid inverse). Three building blocks:
 * :func:`relative_to` / :func:`absolute_from` — re-express a path in the frame of a reference
   camera (``inv(ref) @ c2w``), the convention the networks see (poses relative to the first
   context camera), and back.
+* :func:`estimate_look_at_point` / :func:`estimate_up` — the orbit parameters of a captured
+  turntable-like sequence (e.g. CO3D): the point closest to all optical axes in the least-squares
+  sense, and the normal of the plane best fitting the camera centres.
 
 The dataset's own poses are already such a tensor and need no helper. Arithmetic runs in
 float64 and the result is cast back to the input dtype, so long paths stay orthonormal.
@@ -28,6 +31,8 @@ from torch import Tensor
 
 __all__ = [
     "absolute_from",
+    "estimate_look_at_point",
+    "estimate_up",
     "interpolate_poses",
     "look_at",
     "orbit_poses",
@@ -293,3 +298,62 @@ def absolute_from(c2w_relative: Tensor, reference: Tensor) -> Tensor:
     _check_pose(reference, "reference", batched=False)
     ref = reference.to(device=c2w_relative.device, dtype=torch.float64)
     return (ref @ c2w_relative.to(torch.float64)).to(c2w_relative.dtype)
+
+
+def estimate_look_at_point(c2w: Tensor) -> Tensor:
+    """The world point closest to every camera's optical axis (least squares).
+
+    Minimises ``Σ_i |(I − z_i z_iᵀ)(p − o_i)|²`` over ``p``, with ``o_i`` the camera centres and
+    ``z_i`` their unit viewing directions: the normal equations
+    ``(Σ_i P_i) p = Σ_i P_i o_i`` with projectors ``P_i = I − z_i z_iᵀ``.
+
+    Args:
+        c2w: ``(N, 4, 4)`` OpenCV camera-to-world poses, ``N >= 2`` with non-parallel axes.
+
+    Returns:
+        ``(3,)`` the point, dtype of ``c2w``.
+
+    Raises:
+        ValueError: if all axes are parallel (the point is not determined).
+    """
+    _check_pose(c2w, "c2w", batched=True)
+    pose = c2w.to(torch.float64)
+    z = pose[:, :3, 2] / pose[:, :3, 2].norm(dim=-1, keepdim=True)  # (N, 3)
+    proj = torch.eye(3, dtype=torch.float64, device=c2w.device) - z[:, :, None] * z[:, None, :]
+    a = proj.sum(0)  # (3, 3)
+    b = (proj @ pose[:, :3, 3:4]).sum(0)  # (3, 1)
+    eig = torch.linalg.eigvalsh(a)
+    if eig[0] < 1e-9 * eig[-1]:
+        raise ValueError("estimate_look_at_point: the optical axes are (nearly) parallel")
+    return torch.linalg.solve(a, b)[:, 0].to(c2w.dtype)
+
+
+def estimate_up(c2w: Tensor) -> Tensor:
+    """World up of an orbit capture: the normal of the plane best fitting the camera centres.
+
+    The normal is the right singular vector of the centred camera positions with the smallest
+    singular value; its sign is chosen to agree with the cameras' mean image-up direction
+    (``−y`` in OpenCV), so the result points up in the pictures.
+
+    Args:
+        c2w: ``(N, 4, 4)`` camera-to-world poses, ``N >= 3`` centres not on one line.
+
+    Returns:
+        ``(3,)`` unit vector, dtype of ``c2w``.
+
+    Raises:
+        ValueError: with fewer than 3 cameras or collinear centres.
+    """
+    _check_pose(c2w, "c2w", batched=True)
+    if len(c2w) < 3:
+        raise ValueError(f"estimate_up needs >= 3 cameras, got {len(c2w)}")
+    pose = c2w.to(torch.float64)
+    centres = pose[:, :3, 3]
+    _, sv, vh = torch.linalg.svd(centres - centres.mean(0), full_matrices=False)
+    if sv[1] < 1e-9 * max(float(sv[0]), 1e-300):
+        raise ValueError("estimate_up: the camera centres are collinear")
+    normal = vh[-1]
+    image_up = -pose[:, :3, 1].mean(0)
+    if normal @ image_up < 0:
+        normal = -normal
+    return normal.to(c2w.dtype)
