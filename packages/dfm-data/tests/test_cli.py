@@ -47,10 +47,13 @@ def test_synth_and_validate_every_world(tmp_path, capsys):
         == 0
     )
     for layout, sub in (("mat", "dfm"), ("txt", "dfm"), ("torch", "pixelsplat")):
-        assert (
-            main(["validate", "re10k", str(tmp_path / "r" / sub), "--layout", layout, "--quiet"])
-            == 0
-        )
+        root = str(tmp_path / "r" / sub)
+        args = ["validate", "re10k", root, "--layout", layout, "--quiet"]
+        # The loader demands 360x640 frames by default, so the validator does too.
+        assert main(args) == 1
+        assert "expected 360x640" in capsys.readouterr().out
+        assert main([*args, "--expected-size", "9x16"]) == 0
+        assert main([*args, "--expected-size", "any"]) == 0
     assert (
         main(
             [
@@ -66,7 +69,12 @@ def test_synth_and_validate_every_world(tmp_path, capsys):
         )
         == 0
     )
-    assert main(["validate", "vimeo", str(tmp_path / "v"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["validate", "vimeo", str(tmp_path / "v"), "--quiet"]) == 1  # loader wants 256x448
+    assert "expected 256x448" in capsys.readouterr().out
+    assert (
+        main(["validate", "vimeo", str(tmp_path / "v"), "--quiet", "--expected-size", "8x12"]) == 0
+    )
     assert "frames of 12x8: 9" in capsys.readouterr().out
 
 

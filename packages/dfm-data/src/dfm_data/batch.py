@@ -262,4 +262,6 @@ def load_item(
         if i != index:
             item = dataclasses.replace(item, index=torch.tensor([index], dtype=torch.int64))
         return item
-    raise EmptySubsetError("every item has a bad file", path=str(root))
+    first = skipped.first
+    cause = f"; first problem: {first}" if first is not None else ""
+    raise EmptySubsetError(f"every item has a bad file{cause}", path=str(root))

@@ -209,15 +209,32 @@ def check_c2w(c2w: np.ndarray, *, path: str | Path | None, field: str, tol: floa
         raise BadCameraError("last row of the pose is not (0, 0, 0, 1)", path=path, field=field)
 
 
-def check_intrinsics(K_norm: np.ndarray, *, path: str | Path | None, field: str) -> None:
-    """Raises :class:`BadCameraError` unless normalised ``K (3, 3)`` has finite, positive focals."""
+def check_intrinsics(
+    K_norm: np.ndarray,
+    *,
+    path: str | Path | None,
+    field: str,
+    principal_point_field: str | None = None,
+) -> None:
+    """Raises :class:`BadCameraError` unless normalised ``K (3, 3)`` has finite, positive focals.
+
+    Args:
+        K_norm: ``(3, 3)`` normalised intrinsics.
+        path: file named in errors.
+        field: record field named for focal-length problems.
+        principal_point_field: record field named for principal-point problems
+            (default: ``field``).
+    """
     K_norm = np.asarray(K_norm, dtype=np.float64)
+    pp_field = principal_point_field or field
+    if not np.isfinite(K_norm[:2, :2]).all():
+        raise BadCameraError("focal length has a non-finite entry", path=path, field=field)
     if not np.isfinite(K_norm).all():
-        raise BadCameraError("intrinsics have a non-finite entry", path=path, field=field)
+        raise BadCameraError("principal point has a non-finite entry", path=path, field=pp_field)
     if K_norm[0, 0] <= 0 or K_norm[1, 1] <= 0:
         raise BadCameraError("focal length must be positive", path=path, field=field)
     if np.abs(K_norm[:2, 2]).max() > 10:
-        raise BadCameraError("principal point far outside the image", path=path, field=field)
+        raise BadCameraError("principal point far outside the image", path=path, field=pp_field)
 
 
 def relative_to_first(c2w: Tensor) -> Tensor:

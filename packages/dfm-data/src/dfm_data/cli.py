@@ -20,9 +20,23 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 
+EXIT_OK, EXIT_PROBLEMS, EXIT_CRASHED = 0, 1, 3
+"""``validate`` exit statuses: the root is fine / problems were found / the validator itself failed."""
+
+
 def _size(text: str) -> tuple[int, int]:
     h, _, w = text.partition("x")
-    return int(h), int(w)
+    try:
+        size = int(h), int(w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 360x640, got {text!r}") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return size
+
+
+def _size_or_any(text: str) -> tuple[int, int] | None:
+    return None if text == "any" else _size(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,19 +79,46 @@ def build_parser() -> argparse.ArgumentParser:
     vcommon.add_argument("--quiet", action="store_true", help="no progress bar")
     c = kinds.add_parser("co3d", parents=[vcommon])
     c.add_argument("--categories", nargs="+", default=None)
+    c.add_argument(
+        "--subset",
+        default=None,
+        help="a set list every category must have, e.g. fewview_dev (default: any one)",
+    )
+    c.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        default="train",
+        help="the split the loader will read; it must list frames (default train)",
+    )
     e = kinds.add_parser("re10k", parents=[vcommon])
     e.add_argument("--layout", choices=["txt", "mat", "torch"], default="mat")
     e.add_argument("--split", choices=["train", "test"], default="train")
     e.add_argument(
         "--cameras-root", default=None, help="txt layout: folder with <split>/<clip>.txt"
     )
+    e.add_argument(
+        "--expected-size",
+        type=_size_or_any,
+        default=(360, 640),
+        help="HxW every frame must have, as the loader demands (default 360x640; 'any')",
+    )
     v = kinds.add_parser("vimeo", parents=[vcommon])
     v.add_argument("--layout", choices=["triplet", "septuplet"], default="triplet")
+    v.add_argument(
+        "--expected-size",
+        type=_size_or_any,
+        default=(256, 448),
+        help="HxW every frame must have, as the loader demands (default 256x448; 'any')",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 ok, 1 validation found problems)."""
+    """Runs the command line; returns the exit status.
+
+    ``validate`` exits 0 when the root is fine, 1 when it found problems (the report says
+    which) and 3 when the validator itself failed (one line on stderr; a bug to report).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     progress = not args.quiet
@@ -116,28 +157,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"wrote {args.world} world to {args.out}")
         return 0
+    try:
+        report = _validate(args, check_images=not args.no_images, progress=progress)
+    except Exception as e:  # a validator must report problems, not crash: say so distinctly
+        print(
+            f"dfm data validate: validator crashed on {args.root}: {type(e).__name__}: {e}",
+            file=sys.stderr,
+        )
+        return EXIT_CRASHED
+    print(report.format())
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _validate(args: argparse.Namespace, *, check_images: bool, progress: bool) -> object:
     from dfm_data import validate
 
-    images = not args.no_images
     if args.dataset == "co3d":
-        report = validate.validate_co3d(
-            args.root, args.categories, check_images=images, progress=progress
+        return validate.validate_co3d(
+            args.root,
+            args.categories,
+            subset_name=args.subset,
+            split=args.split,
+            check_images=check_images,
+            progress=progress,
         )
-    elif args.dataset == "re10k":
-        report = validate.validate_re10k(
+    if args.dataset == "re10k":
+        return validate.validate_re10k(
             args.root,
             args.layout,
             args.split,
-            check_images=images,
+            check_images=check_images,
             progress=progress,
             cameras_root=args.cameras_root,
+            expected_size_hw=args.expected_size,
         )
-    else:
-        report = validate.validate_vimeo(
-            args.root, args.layout, check_images=images, progress=progress
-        )
-    print(report.format())
-    return 0 if report.ok else 1
+    return validate.validate_vimeo(
+        args.root,
+        args.layout,
+        check_images=check_images,
+        progress=progress,
+        expected_size_hw=args.expected_size,
+    )
 
 
 def console_main() -> None:

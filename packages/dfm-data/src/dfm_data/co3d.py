@@ -45,7 +45,13 @@ from dfm_data.errors import (
     SkipCounter,
     UnknownCategoryError,
 )
-from dfm_data.images import load_depth_png, load_mask_png, load_rgb, to_model_image
+from dfm_data.images import (
+    load_depth_png,
+    load_mask_png,
+    load_rgb,
+    resize_plane,
+    to_model_image,
+)
 from dfm_data.records import get_field, numbers
 from dfm_data.sampling import FrameSamplingConfig, sample_view_indices
 from dfm_data.seeding import item_rng
@@ -208,7 +214,12 @@ def parse_frame_annotation(record: Any, *, source: str | Path, index: int) -> CO
         c2w = c2w_from_w2c(R_cv, t_cv)
         check_c2w(c2w, path=source, field=f"{vfld}.R")
         K_norm = normalise_intrinsics(K, hw)
-        check_intrinsics(K_norm, path=source, field=f"{vfld}.focal_length")
+        check_intrinsics(
+            K_norm,
+            path=source,
+            field=f"{vfld}.focal_length",
+            principal_point_field=f"{vfld}.principal_point",
+        )
     depth_path, depth_scale = None, 1.0
     depth = get_field(record, "depth", dict, source=source, field=fld, default=None)
     if depth is not None:
@@ -291,8 +302,14 @@ def sequence_scale(
         if fr.depth_path is None or fr.mask_path is None:
             continue
         try:
-            depth = load_depth_png(root / fr.depth_path, scale_adjustment=fr.depth_scale)
-            mask = load_mask_png(root / fr.mask_path, expected_hw=depth.shape)
+            # Real CO3D v2 stores some depth maps/masks at another size than the image;
+            # like PyTorch3D's loader, bring both to the image size.
+            depth = resize_plane(
+                load_depth_png(root / fr.depth_path, scale_adjustment=fr.depth_scale),
+                fr.image_hw,
+                nearest=True,
+            )
+            mask = resize_plane(load_mask_png(root / fr.mask_path), fr.image_hw, nearest=False)
         except DatasetError as e:
             skipped.handle(e, on_error)
             continue
@@ -358,6 +375,7 @@ class CO3DDataset(Dataset):
         self.config = config
         self.root = Path(config.root)
         self.skipped = SkipCounter()
+        self.skipped.share_with_workers()  # workers report skips back to this process
         self.epoch = 0
         if not self.root.is_dir():
             raise MissingFileError("dataset root does not exist", path=self.root)

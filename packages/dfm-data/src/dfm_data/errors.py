@@ -12,10 +12,13 @@ with ``"skip"`` bad frames/sequences are dropped, counted in a :class:`SkipCount
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import pickle
 from collections import Counter
-from dataclasses import dataclass, field
+from multiprocessing.context import get_spawning_popen  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "BadAnnotationError",
@@ -84,28 +87,92 @@ class UnknownCategoryError(DatasetError):
     """A requested category (or subset name) does not exist under the dataset root."""
 
 
-@dataclass
 class SkipCounter:
     """Counts bad items dropped under ``on_error="skip"``, by error class, and logs each one.
 
+    Each distinct problem (same error class, file, field and reason) is counted once,
+    however often it is met: a bad frame found lazily is one skip, not one per epoch.
+    Problems met inside DataLoader worker processes are sent to the process that
+    created the counter (through a pipe inherited by the workers) and merged into its
+    counts when they are read, so ``dataset.skipped.total`` is the same for 0 or N workers.
+
     Attributes:
-        counts: error class name -> number of items skipped.
+        counts: error class name -> number of distinct items skipped.
         first: the first error skipped (for reports), or ``None``.
     """
 
-    counts: Counter[str] = field(default_factory=Counter)
-    first: DatasetError | None = None
+    def __init__(self, counts: Counter[str] | None = None, first: DatasetError | None = None):
+        self._counts: Counter[str] = Counter(counts or {})
+        self._first = first
+        self._seen: set[str] = set()
+        self._owner = os.getpid()
+        self._channel: Any = None  # created lazily: a SimpleQueue from workers to the owner
+
+    # -- cross-process plumbing ----------------------------------------------------------------
+    def share_with_workers(self) -> None:
+        """Create the channel workers report through; call before DataLoader workers start.
+
+        Datasets call this in ``__init__``; it is cheap (one pipe) and idempotent.
+        """
+        if self._channel is None and os.getpid() == self._owner:
+            self._channel = multiprocessing.get_context().SimpleQueue()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        # A queue can only travel to a process being started (a DataLoader worker under
+        # spawn); a plain pickle (e.g. saving a dataset) drops it and counts locally.
+        if get_spawning_popen() is None:
+            state["_channel"] = None
+        return state
+
+    def _drain(self) -> None:
+        channel = self._channel
+        if channel is None or os.getpid() != self._owner:
+            return
+        while not channel.empty():
+            key, name, error = channel.get()
+            self._add(key, name, error)
+
+    def _add(self, key: str, name: str, error: DatasetError | None) -> bool:
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self._counts[name] += 1
+        if self._first is None:
+            self._first = error
+        return True
+
+    # -- public --------------------------------------------------------------------------------
+    @property
+    def counts(self) -> Counter[str]:
+        self._drain()
+        return self._counts
+
+    @property
+    def first(self) -> DatasetError | None:
+        self._drain()
+        return self._first
+
+    @first.setter
+    def first(self, error: DatasetError | None) -> None:
+        self._first = error
 
     def record(self, error: DatasetError) -> None:
-        """Counts ``error`` and logs it at WARNING level."""
-        self.counts[type(error).__name__] += 1
-        if self.first is None:
-            self.first = error
-        logger.warning("skipping bad item: %s", error)
+        """Counts ``error`` (once per distinct problem) and logs it at WARNING level."""
+        key = f"{type(error).__name__}|{error}"
+        if os.getpid() != self._owner and self._channel is not None:
+            # In a worker: tell the owner; remember locally to send each problem once.
+            if key not in self._seen:
+                self._seen.add(key)
+                self._channel.put((key, type(error).__name__, _portable(error)))
+                logger.warning("skipping bad item: %s", error)
+            return
+        if self._add(key, type(error).__name__, error):
+            logger.warning("skipping bad item: %s", error)
 
     @property
     def total(self) -> int:
-        """Number of items skipped so far."""
+        """Number of distinct items skipped so far (in this process and its workers)."""
         return sum(self.counts.values())
 
     def handle(self, error: DatasetError, on_error: OnError) -> None:
@@ -113,3 +180,12 @@ class SkipCounter:
         if on_error == "raise":
             raise error
         self.record(error)
+
+
+def _portable(error: DatasetError) -> DatasetError | None:
+    """``error`` if it survives pickling (to cross a pipe), else ``None``."""
+    try:
+        pickle.dumps(error)
+    except Exception:  # an exception holding something unpicklable: send the count only
+        return None
+    return error

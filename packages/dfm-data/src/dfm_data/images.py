@@ -1,6 +1,9 @@
 """Reading and writing the pixel payloads of the real formats, with typed errors.
 
-- RGB images (jpg/png) -> ``uint8 (H, W, 3)``.
+- RGB images (jpg/png) -> ``uint8 (H, W, 3)``. 16-bit images (``I;16``) are scaled to 8 bits
+  (``round(v / 257)``), never clipped; modes with no 8-bit meaning (32-bit float) are refused.
+- An image whose header claims more pixels than PIL's decompression-bomb limit
+  (``PIL.Image.MAX_IMAGE_PIXELS``) is refused with :class:`CorruptImageError` before decoding.
 - CO3D depth PNGs: 16-bit PNGs whose raw uint16 bits are IEEE float16 depths.
 - CO3D masks: 8-bit PNGs storing ``P(foreground) * 255``.
 """
@@ -22,21 +25,58 @@ __all__ = [
     "load_depth_png",
     "load_mask_png",
     "load_rgb",
+    "resize_plane",
     "save_depth_png",
     "save_mask_png",
     "to_model_image",
 ]
 
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _decode(source: Path | io.BytesIO, shown: object, field: str | None) -> Image.Image:
+    try:
+        img = Image.open(source)
+        img.load()
+    except Image.DecompressionBombError as e:
+        # Raised from the header alone, before any pixel is decoded.
+        raise CorruptImageError(
+            f"image refused: its header claims more pixels than the decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS} x 2) ({e})",
+            path=str(shown),
+            field=field,
+        ) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot decode image ({e})", path=str(shown), field=field) from e
+    return img
+
+
 def _open(path: Path, field: str | None) -> Image.Image:
     if not path.is_file():
         raise MissingFileError("file does not exist", path=path, field=field)
-    try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"cannot decode image ({e})", path=path, field=field) from e
-    return img
+    return _decode(path, path, field)
+
+
+def _sixteen_bit(img: Image.Image) -> bool:
+    # Older Pillow opens 16-bit PNGs as mode "I"; PNG has no 32-bit integer images.
+    return img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG")
+
+
+def _to_rgb8(img: Image.Image, shown: object, field: str | None) -> np.ndarray:
+    """``uint8 (H, W, 3)`` from any 8- or 16-bit mode, scaling (not clipping) 16-bit values."""
+    if _sixteen_bit(img):
+        raw = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.round(raw / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        raise CorruptImageError(
+            f"image mode {img.mode} (32-bit {'integer' if img.mode == 'I' else 'float'}) has no "
+            "8-bit RGB meaning; expected an 8-bit (RGB, L, P, RGBA...) or 16-bit greyscale image",
+            path=str(shown),
+            field=field,
+        )
+    return np.asarray(img.convert("RGB"))
 
 
 def _check_size(
@@ -69,7 +109,7 @@ def load_rgb(
     path = Path(path)
     img = _open(path, field)
     _check_size(img, expected_hw, path, field)
-    return np.asarray(img.convert("RGB"))
+    return _to_rgb8(img, path, field)
 
 
 def decode_rgb_bytes(
@@ -80,13 +120,9 @@ def decode_rgb_bytes(
     field: str | None = None,
 ) -> np.ndarray:
     """Decodes encoded image bytes (e.g. JPEG inside a pixelSplat chunk) to ``uint8 (H, W, 3)``."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"cannot decode image bytes ({e})", path=source, field=field) from e
+    img = _decode(io.BytesIO(data), source, field)
     _check_size(img, expected_hw, source, field)
-    return np.asarray(img.convert("RGB"))
+    return _to_rgb8(img, source, field)
 
 
 def load_depth_png(
@@ -121,12 +157,35 @@ def load_mask_png(path: str | Path, *, expected_hw: tuple[int, int] | None = Non
     path = Path(path)
     img = _open(path, "mask.path")
     _check_size(img, expected_hw, path, "mask.path")
+    if _sixteen_bit(img):  # 16-bit masks: P(fg) * 65535
+        return np.asarray(img, dtype=np.float32) / 65535.0
+    if img.mode in ("I", "F"):
+        raise CorruptImageError(
+            f"mask PNG has mode {img.mode}, expected 8- or 16-bit greyscale",
+            path=path,
+            field="mask.path",
+        )
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
 def save_mask_png(path: str | Path, prob: np.ndarray) -> None:
     """Writes ``float (H, W)`` probabilities in ``[0, 1]`` as an 8-bit mask PNG."""
     Image.fromarray(np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def resize_plane(plane: np.ndarray, size_hw: tuple[int, int], *, nearest: bool) -> np.ndarray:
+    """Resizes a ``float32 (H, W)`` depth map or mask to ``size_hw``.
+
+    Real CO3D v2 depth maps and masks may be stored at another size than their image;
+    PyTorch3D's loader rescales them to the image, nearest-neighbour for depth (so no
+    depth is invented across an edge) and bilinear for mask probabilities. Same here.
+    """
+    if plane.shape == tuple(size_hw):
+        return plane
+    h, w = size_hw
+    mode = Image.NEAREST if nearest else Image.BILINEAR
+    out = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).resize((w, h), mode)
+    return np.asarray(out, dtype=np.float32)
 
 
 def to_model_image(image: np.ndarray, size_hw: tuple[int, int] | None = None) -> Tensor:

@@ -104,7 +104,8 @@ def parse_camera_txt(
         ``(url, [(timestamp_us, row (18,)), ...])`` in file order.
 
     Raises:
-        BadAnnotationError: empty file, a row without 19 numbers, a non-integer timestamp (line named).
+        BadAnnotationError: empty file, a URL line with no camera row, a row without 19
+            numbers, a non-integer timestamp (line named).
     """
     lines = text.splitlines()
     if not lines or not lines[0].strip():
@@ -112,6 +113,10 @@ def parse_camera_txt(
             "empty camera file (expected a URL line)", path=source, field="line 1"
         )
     skipped = skipped if skipped is not None else SkipCounter()
+    if not any(line.strip() for line in lines[1:]):
+        raise BadAnnotationError(
+            "camera file has a URL line but no camera rows", path=source, field="line 2"
+        )
     rows = []
     for n, line in enumerate(lines[1:], start=2):
         parts = line.split()
@@ -198,6 +203,7 @@ class RealEstate10kDataset(Dataset):
         self.config = config
         self.root = Path(config.root)
         self.skipped = SkipCounter()
+        self.skipped.share_with_workers()  # workers report skips back to this process
         self.epoch = 0
         self.urls: dict[str, str] = {}
         self._frames: dict[str, list[_Frame]] = {}
@@ -212,8 +218,10 @@ class RealEstate10kDataset(Dataset):
         if config.max_clips is not None:
             self.clips = self.clips[: config.max_clips]
         if not self.clips:
+            first = self.skipped.first
+            cause = f"; first problem: {first}" if first is not None else ""
             raise EmptySubsetError(
-                f"no usable clip in split {config.split!r}", path=self.root / config.split
+                f"no usable clip in split {config.split!r}{cause}", path=self.root / config.split
             )
 
     # -- indexing ------------------------------------------------------------------------------
@@ -297,6 +305,9 @@ class RealEstate10kDataset(Dataset):
                     )
                 )
                 continue
+            if arr.shape[0] == 0:
+                self._handle(BadAnnotationError("no camera rows", path=path, field=clip))
+                continue
             ts = arr[:, 0]
             if not (np.isfinite(ts).all() and (ts == np.round(ts)).all()):
                 self._handle(
@@ -342,6 +353,10 @@ class RealEstate10kDataset(Dataset):
                     cams = np.asarray(ex["cameras"], dtype=np.float64)
                     ts = np.asarray(ex["timestamps"]).reshape(-1)
                     n = len(ex["images"])
+                    if n == 0:
+                        raise BadAnnotationError(
+                            "clip has no frames", path=chunk_path, field=f"{fld}.images"
+                        )
                     if (
                         cams.ndim != 2
                         or cams.shape[1] != 18

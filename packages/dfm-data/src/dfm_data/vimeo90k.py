@@ -38,21 +38,36 @@ def list_file(root: str | Path, layout: str, split: str) -> Path:
     return Path(root) / f"{prefix}_{split}list.txt"
 
 
-def parse_clip_list(text: str, *, source: str | Path) -> list[str]:
+def parse_clip_list(
+    text: str,
+    *,
+    source: str | Path,
+    on_error: OnError = "raise",
+    skipped: SkipCounter | None = None,
+) -> list[str]:
     """Parses a Vimeo list: one ``00001/0001``-style clip per line; blank lines are skipped.
+
+    With ``on_error="skip"`` a malformed line is counted in ``skipped`` and left out.
 
     Raises:
         BadAnnotationError: a line that is not ``<folder>/<clip>``, naming its line number.
     """
+    skipped = skipped if skipped is not None else SkipCounter()
     clips = []
     for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         if not _CLIP.match(line):
-            raise BadAnnotationError(
-                f"expected '<folder>/<clip>', got {line[:40]!r}", path=source, field=f"line {n}"
+            skipped.handle(
+                BadAnnotationError(
+                    f"expected '<folder>/<clip>', got {line[:40]!r}",
+                    path=source,
+                    field=f"line {n}",
+                ),
+                on_error,
             )
+            continue
         clips.append(line)
     return clips
 
@@ -100,6 +115,7 @@ class Vimeo90KDataset(Dataset):
         self.config = config
         self.root = Path(config.root)
         self.skipped = SkipCounter()
+        self.skipped.share_with_workers()  # workers report skips back to this process
         self.epoch = 0
         n = _N_FRAMES[config.layout]
         for k in (config.context_frame, config.target_frame, *config.novel_frames):
@@ -110,9 +126,16 @@ class Vimeo90KDataset(Dataset):
         path = list_file(self.root, config.layout, config.split)
         if not path.is_file():
             raise MissingFileError("clip list does not exist", path=path)
-        self.clips = parse_clip_list(path.read_text(encoding="utf8", errors="replace"), source=path)
+        self.clips = parse_clip_list(
+            path.read_text(encoding="utf8", errors="replace"),
+            source=path,
+            on_error=config.on_error,
+            skipped=self.skipped,
+        )
         if not self.clips:
-            raise EmptySubsetError("the clip list is empty", path=path)
+            first = self.skipped.first
+            cause = f"; first problem: {first}" if first is not None else ""
+            raise EmptySubsetError(f"the clip list has no usable clip{cause}", path=path)
         if not (self.root / "sequences").is_dir():
             raise MissingFileError("no sequences/ folder", path=self.root / "sequences")
 
