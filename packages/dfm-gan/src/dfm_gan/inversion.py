@@ -42,7 +42,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dfm_core.diffusion import Context, DFMBatch, ForwardDiffusion
-from dfm_core.dit import dit_config
 from dfm_core.guidance import classifier_free_guidance
 from dfm_core.sampling import sample_ddim
 from dfm_core.schedules import ScheduleConfig
@@ -392,6 +391,8 @@ class InversionModelConfig:
         mean, std = latent_statistics(
             generator, psi=self.truncation_psi, num=self.latent_stats_samples, seed=self.seed
         )
+        from dfm_core.dit import dit_config  # imports timm: only when a model is built
+
         torch.manual_seed(self.seed)
         dit = dit_config(
             self.dit_preset, in_channels=7, out_channels=self.feature_channels, **self.dit_overrides
