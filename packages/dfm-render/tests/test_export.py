@@ -16,6 +16,7 @@ from dfm_render.export import (
     fuse_point_cloud,
     save_mesh,
     save_point_cloud,
+    voxel_downsample,
     write_obj,
     write_ply,
 )
@@ -243,3 +244,21 @@ def test_save_dispatch_and_validation(tmp_path: Path) -> None:
         write_obj(tmp_path / "bad.obj", mesh.vertices, faces=mesh.faces + 3)
     with pytest.raises(ValueError, match=r"colors must be \(N, 3\)"):
         write_ply(tmp_path / "bad.ply", mesh.vertices, colors=mesh.colors[:2])
+
+
+def test_voxel_downsample_matches_a_dictionary_loop() -> None:
+    g = torch.Generator().manual_seed(3)
+    points = torch.rand(1000, 3, generator=g, dtype=torch.float64) * 2 - 1
+    colors = torch.rand(1000, 3, generator=g, dtype=torch.float64)
+    out = voxel_downsample(PointCloud(points, colors), 0.5)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(points.tolist()):
+        groups.setdefault(tuple(int(np.floor(c / 0.5)) for c in p), []).append(i)
+    keys = sorted(groups)
+    assert len(out.points) == len(keys) == 64  # [-1, 1)^3 in cells of 0.5
+    for k, key in enumerate(keys):
+        members = torch.tensor(groups[key])
+        torch.testing.assert_close(out.points[k], points[members].mean(0))
+        torch.testing.assert_close(out.colors[k], colors[members].mean(0))
+    with pytest.raises(ValueError, match="voxel_size"):
+        voxel_downsample(PointCloud(points, colors), 0.0)

@@ -3,6 +3,8 @@
 * :func:`fuse_point_cloud` — unprojects every kept pixel of several rendered views,
   ``X = o + z · d`` with the rays of :func:`dfm_render.cameras.rays_from_pixels` (direction
   scaled to camera-z = 1, so ``z`` is the rendered z-depth), and keeps the pixel's colour.
+* :func:`voxel_downsample` — one averaged point (and colour) per occupied voxel, to thin the
+  millions of points that many views of a scene produce.
 * :func:`extract_mesh` — samples a density field on a regular grid over a bounding box (in
   chunks, without gradients) and extracts the ``density = level`` isosurface with PyTorch3D's
   marching cubes (Lorensen & Cline 1987). Vertex colours come from a colour callable evaluated at
@@ -37,6 +39,7 @@ __all__ = [
     "fuse_point_cloud",
     "save_mesh",
     "save_point_cloud",
+    "voxel_downsample",
     "write_obj",
     "write_ply",
 ]
@@ -150,6 +153,35 @@ def fuse_point_cloud(
     colors = rgb.permute(0, 2, 3, 1).reshape(v, h * w, 3)  # (V, HW, 3), same pixel order
     flat = keep.reshape(v, h * w)
     return PointCloud(points=points[flat], colors=colors[flat].clamp(0, 1))
+
+
+def voxel_downsample(cloud: PointCloud, voxel_size: float) -> PointCloud:
+    """Replaces the points inside each cubic voxel by their mean (colours averaged alike).
+
+    Voxels are the cells ``floor(x / voxel_size)`` of a grid anchored at the world origin.
+
+    Args:
+        cloud: the cloud, ``points (N, 3)``, ``colors (N, 3)``.
+        voxel_size: edge length of a voxel (> 0, world units).
+
+    Returns:
+        :class:`PointCloud` with one point per occupied voxel, voxels in lexicographic order of
+        their integer (x, y, z) cell.
+    """
+    if not voxel_size > 0:
+        raise ValueError(f"voxel_size must be positive, got {voxel_size}")
+    if len(cloud.points) == 0:
+        return cloud
+    cells = torch.floor(cloud.points.to(torch.float64) / voxel_size).long()  # (N, 3)
+    _, inverse, counts = torch.unique(cells, dim=0, return_inverse=True, return_counts=True)
+    m = len(counts)
+
+    def mean(values: Tensor) -> Tensor:
+        total = torch.zeros(m, values.shape[1], dtype=torch.float64, device=values.device)
+        total.index_add_(0, inverse, values.to(torch.float64))
+        return (total / counts[:, None]).to(values.dtype)
+
+    return PointCloud(points=mean(cloud.points), colors=mean(cloud.colors))
 
 
 # --------------------------------------------------------------------------- meshes
