@@ -290,3 +290,23 @@ def test_flow_colour_wheel():
     torch.testing.assert_close(rgb[:, 0, 4], torch.tensor([1.0, 0.5, 0.5]))  # pale red
     with pytest.raises(ValueError, match=r"^flow: expected shape"):
         flow_to_rgb(torch.zeros(3, 4, 4))
+
+
+def test_regressor_baseline_loss_is_the_frame_error_of_its_prediction():
+    torch.manual_seed(0)
+    regressor = motion_preset("motion-demo", image_size_hw=(8, 8), depth=1).model.build_regressor()
+    with torch.no_grad():
+        for p in regressor.predictor.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    context, target, novel = _frames(11)
+    batch = frames_to_batch(context, target, novel)
+    terms = regressor(batch)
+    signal = regressor.predict(context)
+    assert signal.flow.shape == (2, 2, 8, 8)
+    rendered = softsplat(context, signal.flow, signal.metric, "soft")
+    torch.testing.assert_close(terms["target"], (rendered - target).square().mean())
+    rendered_novel = softsplat(context, 2 * signal.flow, signal.metric, "soft")
+    torch.testing.assert_close(terms["novel"], (rendered_novel - novel[:, 0]).square().mean())
+    expected = terms["target"] + terms["novel"] + 0.02 * edge_aware_smoothness(signal.flow, context)
+    torch.testing.assert_close(terms["loss"], expected)
+    terms["loss"].backward()
