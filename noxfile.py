@@ -10,7 +10,9 @@ so a new package joins the matrix by existing. Session ids are the distribution 
 pytest: ``nox -s "tests(dfm-core)" -- -k sampling -x``.
 
 Other sessions: ``slow``, ``bench``, ``gpu`` (pytest markers, all members in one
-environment), ``typecheck`` (mypy) and ``demo`` (``dfm demo``).
+environment), ``typecheck`` (mypy), ``demo`` (``dfm demo``), and two that need root and
+Debian's archive: ``slurm`` (``dfm submit`` against a real Slurm started here) and
+``browser`` (report.html in headless Chromium).
 """
 
 from __future__ import annotations
@@ -321,3 +323,34 @@ def demo(session: nox.Session) -> None:
     """`uv run dfm demo` in an environment holding only dfm-apps and its dependencies."""
     _sync(session, "--package", "dfm-apps")
     session.run("dfm", "demo", *session.posargs)
+
+
+def _run_apps_marked(session: nox.Session, marker: str) -> None:
+    """dfm-apps' `-m marker` tests; running none is a failure."""
+    if not _pytest(session, BY_DIST["dfm-apps"], "-m", marker, "-o", "faulthandler_timeout=900"):
+        session.error(f"no dfm-apps test is marked `{marker}`")
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """`dfm submit` against a real Slurm on this machine (root; installs Debian's munge,
+    slurmctld, slurmd and slurm-client if missing): a job pre-empted and requeued twice
+    ends with the weights of an uninterrupted run; 2-task gloo jobs across two emulated
+    nodes. tools/slurm_cluster.py starts the daemons and stops exactly those, also when
+    a test fails. A few minutes."""
+    _sync_all(session)
+    cluster = str(ROOT / "tools" / "slurm_cluster.py")
+    session.run("python", cluster, "install")
+    try:
+        _run_apps_marked(session, "slurm")
+    finally:
+        session.run("python", cluster, "stop")
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """report.html in headless Chromium (installs Debian's chromium if missing; root):
+    a screenshot, and a failure on any broken image/video reference, request leaving
+    the machine or console error (tools/browser_check.py). Under a minute."""
+    _sync_all(session)
+    _run_apps_marked(session, "browser")

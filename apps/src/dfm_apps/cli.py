@@ -5,7 +5,8 @@
     dfm demo   [--run-dir DIR] [--dry-run] [KEY=VALUE ...]
     dfm train  PRESET [--run-dir DIR] [--resume] [--dry-run] [KEY=VALUE ...]
     dfm sample RUN_DIR [--seed N] [--out DIR] [evaluation.KEY=VALUE ...]
-    dfm launch PRESET --slurm-partition P --gpus N --nodes N [--time MIN] [--local] [KEY=VALUE ...]
+    dfm submit PRESET --slurm-partition P --gpus N --nodes N [--time MIN] [--local] [KEY=VALUE ...]
+               (``dfm launch`` is the same command)
     dfm data   ...      (forwarded to dfm-data's command line)
     dfm presets
 
@@ -94,10 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     launch = sub.add_parser(
-        "launch",
+        "submit",
+        aliases=["launch"],
         help="submit training to SLURM with submitit (or run it locally)",
-        description="Submit `dfm train PRESET` as one SLURM job with one task per GPU. Preempted "
-        "or timed-out jobs requeue themselves and resume from the newest checkpoint.",
+        description="Submit `dfm train PRESET` as one SLURM job with one task per GPU (one CPU "
+        "task per node with --gpus 0) across --nodes nodes; the tasks meet through "
+        "torch.distributed (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the job). "
+        "Preempted or timed-out jobs requeue themselves and resume from the newest checkpoint.",
     )
     launch.add_argument("preset", help=f"one of: {presets}")
     launch.add_argument("--slurm-partition", dest="partition", help="SLURM partition")
@@ -119,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--cluster", choices=("slurm", "local", "debug"), help=argparse.SUPPRESS)
     launch.add_argument(
         "--wait", action="store_true", help="wait for a SLURM job and print its scores"
+    )
+    launch.add_argument(
+        "--wait-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --wait: give up after this many seconds (default: no limit)",
     )
     launch.add_argument(
         "--dry-run", action="store_true", help="print config and job parameters, submit nothing"
@@ -350,7 +360,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     from dfm_apps.config import to_container, to_yaml
-    from dfm_apps.launch import LaunchError, LaunchOptions, describe, submit
+    from dfm_apps.launch import LaunchError, LaunchOptions, describe, submit, wait
     from dfm_apps.runs import format_summary, resolve_config
 
     cluster = args.cluster or ("local" if args.local else "slurm")
@@ -388,7 +398,14 @@ def _launch(args: argparse.Namespace) -> int:
     print(f"  logs:          {job.paths.stdout.parent}")
     if cluster == "slurm" and not args.wait:
         return 0
-    result = next((r for r in job.results() if r is not None), None)  # rank 0's
+    if cluster == "slurm":  # a watchdog: without sacct, job.results() can wait forever
+        try:
+            results = wait(job, timeout_s=args.wait_timeout)
+        except LaunchError as error:
+            return _error(str(error))
+    else:
+        results = job.results()
+    result = next((r for r in results if r is not None), None)  # rank 0's
     if result is not None:
         print(format_summary(result, name=args.preset))
     return 0

@@ -1,4 +1,4 @@
-"""Submit training to SLURM (or run it locally) with submitit.
+"""Submit training to SLURM (or run it locally) with submitit: ``dfm submit``.
 
 One task per GPU: ``nodes x gpus`` tasks in all. Each task reads its place in the job
 from ``submitit.JobEnvironment()``, exports the ``torch.distributed`` rendezvous
@@ -6,19 +6,43 @@ variables (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_R
 and calls the same entry point as ``dfm train`` (``runs.execute``), whose trainer then
 joins the process group.
 
-Preemption and time-outs: SLURM signals the job ahead of time
-(``slurm_signal_delay_s``); submitit then calls ``TrainJob.checkpoint``, which hands
-back the same job to requeue (submitit's ``DelayedSubmission`` pattern). The requeued
-job resumes from the newest complete checkpoint in the run directory, so at most
-``trainer.checkpoint_every`` steps are redone. (The checkpoint is not written from the
-signal handler: it interrupts a training step at an arbitrary point, and with several
-ranks only rank 0 runs the handler while saving is collective.)
+Preemption and time-outs: SLURM sends submitit's signal (``USR2``) ahead of the time
+limit (``slurm_signal_delay_s``) or on pre-emption. While training, ``TrainJob`` holds
+it under the core's ``graceful_stop``: every rank finishes its current step, the
+trainer saves a checkpoint (collectively, all ranks after the same step, since the stop
+request is all-reduced) and raises ``TrainingInterrupted``. Only then does ``TrainJob``
+hand over to submitit's own handler, which on rank 0 calls ``TrainJob.checkpoint`` (the
+same job as a ``DelayedSubmission``), runs ``scontrol requeue`` and exits; the other
+ranks exit 0 without a result (a failing task could make ``srun --kill-on-bad-exit``
+kill rank 0 before it requeued). The requeued job resumes exactly at the saved step;
+it keeps its job id, so every task derives the same rendezvous port again. A signal
+outside training (while importing or evaluating) goes to submitit's handler directly,
+and the new job resumes from the newest periodic checkpoint (at most
+``trainer.checkpoint_every`` steps redone). ``SIGTERM`` stays submitit's: it is ignored,
+as Slurm sends it before the signal on pre-emption; a job killed outright (``scontrol
+requeue``, ``scancel``) resumes from its newest periodic checkpoint.
+
+Waiting: without Slurm accounting (``sacct``) submitit cannot tell that a job died
+without writing a result and ``job.result()`` then waits forever; :func:`wait` polls
+``scontrol show job`` as well and gives up with the job's log tail.
+
+Proven against a real Slurm (``nox -s slurm``, ``apps/tests/test_slurm.py``): a job
+pre-empted by the signal and one requeued by ``scontrol requeue`` both resume and end
+with the same weights as an uninterrupted run; a 2-node gloo job trains across two
+emulated nodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,15 +53,19 @@ import submitit
 from submitit.helpers import DelayedSubmission
 
 from dfm_apps.runs import execute
+from dfm_core.trainer import TrainingInterrupted, graceful_stop
 
 __all__ = [
+    "FINAL_STATES",
     "LaunchError",
     "LaunchOptions",
     "TrainJob",
     "distributed_env",
     "make_executor",
     "master_port",
+    "slurm_job_state",
     "submit",
+    "wait",
 ]
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -78,8 +106,21 @@ class TrainJob:
 
     def __call__(self) -> dict[str, Any] | None:
         job_env = submitit.JobEnvironment()
-        os.environ.update(distributed_env(job_env))
-        result = execute(self.config, self.run_dir)
+        env = distributed_env(job_env)
+        os.environ.update(env)
+        # One line per task in its log: where it runs and how it meets the others.
+        print(
+            f"dfm: job {job_env.job_id} task {env['RANK']}/{env['WORLD_SIZE']} on "
+            f"{os.environ.get('SLURMD_NODENAME', socket.gethostname())} "
+            f"(local rank {env['LOCAL_RANK']}, rendezvous {env['MASTER_ADDR']}:{env['MASTER_PORT']})",
+            flush=True,
+        )
+        try:
+            with _stop_on_requeue_signal(job_env):
+                result = execute(self.config, self.run_dir)
+        except TrainingInterrupted as stop:
+            print(f"dfm: rank {env['RANK']}: {stop}", flush=True)
+            _requeue(job_env, stop)
         if result is not None:  # plain data back to the submitter (paths as strings)
             result = {**result, "run_dir": str(result["run_dir"])}
             result["files"] = {name: str(path) for name, path in result["files"].items()}
@@ -91,6 +132,39 @@ class TrainJob:
         The new job resumes from the run's newest checkpoint (``execute`` always resumes).
         """
         return DelayedSubmission(TrainJob(self.config, self.run_dir), *args, **kwargs)
+
+
+def _requeue_signal(job_env: Any) -> int:
+    """submitit's pre-emption/time-out signal (``USR2`` unless configured otherwise)."""
+    name = "SIG" + getattr(type(job_env), "USR_SIG", "USR2")
+    return int(getattr(signal, name, signal.SIGUSR2))
+
+
+def _stop_on_requeue_signal(job_env: Any) -> contextlib.AbstractContextManager[None]:
+    """``graceful_stop`` for submitit's signal in the main thread (where submitit runs
+    a job); a no-op elsewhere (signal handlers can only be set in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+    return graceful_stop((_requeue_signal(job_env),))
+
+
+def _requeue(job_env: Any, stop: TrainingInterrupted) -> None:
+    """After the trainer saved on submitit's signal: requeue as submitit would have.
+
+    submitit's handler (restored by ``graceful_stop`` on exit) checkpoints and requeues
+    on rank 0 and ends the process; on the other ranks it returns, and they exit 0.
+    Without a submitit handler (not a submitit job), the interruption is re-raised.
+
+    Raises:
+        TrainingInterrupted: ``stop``, when no submitit handler is installed.
+        SystemExit: always otherwise (requeued, or another rank done).
+    """
+    signum = _requeue_signal(job_env)
+    handler = signal.getsignal(signum)
+    if not callable(handler):
+        raise stop
+    handler(signum, None)  # rank 0: dumps checkpoint(), `scontrol requeue`, sys.exit(-1)
+    sys.exit(0)
 
 
 @dataclass
@@ -193,3 +267,110 @@ def submit(
 
 def describe(options: LaunchOptions) -> dict[str, Any]:
     return {**dataclasses.asdict(options), "executor_parameters": options.parameters()}
+
+
+# Slurm states after which a job runs no more (``scontrol`` prints these names).
+FINAL_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "SPECIAL_EXIT",
+        "TIMEOUT",
+    }
+)
+
+
+def slurm_job_state(job_id: str) -> dict[str, str] | None:
+    """``scontrol show job -o JOB_ID`` as a dict (``JobState``, ``Restarts``, ...).
+
+    Works without accounting; Slurm forgets a finished job after ``MinJobAge`` seconds.
+
+    Returns:
+        The job's fields, or None when Slurm does not (or no longer) know the job.
+    """
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", str(job_id)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0 or "=" not in out.stdout:
+        return None
+    fields = {}
+    for item in out.stdout.split():
+        key, sep, value = item.partition("=")
+        if sep and key not in fields:
+            fields[key] = value
+    return fields
+
+
+def _log_tail(job: submitit.Job, lines: int = 20) -> str:
+    parts = []
+    for path in (job.paths.stderr, job.paths.stdout):
+        if path.is_file():
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path}\n" + "\n".join(text))
+    return "\n".join(parts)
+
+
+def wait(
+    job: submitit.Job,
+    *,
+    timeout_s: float | None = None,
+    poll_s: float = 2.0,
+    grace_s: float = 10.0,
+) -> list[Any]:
+    """Wait for every task's result, with a watchdog that needs no accounting.
+
+    Args:
+        job: a submitted job.
+        timeout_s: give up after this many seconds (None: no limit).
+        poll_s: seconds between checks.
+        grace_s: how long a result file may lag behind the job's final state.
+
+    Returns:
+        The tasks' results (``job.results()``; rank 0's first).
+
+    Raises:
+        LaunchError: the job ended without writing every result (the message names its
+            state and shows its log tail), or ``timeout_s`` passed.
+        submitit.core.utils.FailedJobError: a task raised (its traceback is in the message).
+    """
+    start = time.monotonic()
+    ended_at: float | None = None
+    is_slurm = isinstance(job, submitit.SlurmJob)
+    while not all(task.paths.result_pickle.exists() for task in _tasks(job)):
+        now = time.monotonic()
+        if timeout_s is not None and now - start > timeout_s:
+            raise LaunchError(
+                f"job {job.job_id} gave no result within {timeout_s:.0f} s\n{_log_tail(job)}"
+            )
+        if is_slurm:
+            fields = slurm_job_state(job.job_id)
+            state = (fields or {}).get("JobState", "UNKNOWN")
+            final = fields is None or state in FINAL_STATES
+            ended_at = (ended_at or now) if final else None
+            if ended_at is not None and now - ended_at > grace_s:
+                raise LaunchError(
+                    f"job {job.job_id} ended ({state if fields else 'unknown to Slurm'}) "
+                    f"without a result\n{_log_tail(job)}"
+                )
+        elif job.done():  # local/debug executors know their processes
+            break
+        time.sleep(poll_s)
+    return job.results()
+
+
+def _tasks(job: submitit.Job) -> list[submitit.Job]:
+    """The job's per-task handles (itself for a one-task job)."""
+    count = job.num_tasks
+    return [job] if count <= 1 else [job.task(i) for i in range(count)]
