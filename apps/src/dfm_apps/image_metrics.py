@@ -381,7 +381,7 @@ def fid(
             f"{FID_WEIGHTS_URL} and pass its local path as weights_path="
         )
     torch.load(path, map_location="cpu", weights_only=True)  # refuse pickled code
-    inputs = []
+    inputs: list[_ImageTensors | str] = []
     for name, images in (("images_a", images_a), ("images_b", images_b)):
         if isinstance(images, Tensor):
             if images.dim() != 4 or images.shape[1] != 3 or len(images) < 2:

@@ -246,10 +246,12 @@ def image_grid(
         shapes = {tuple(np.shape(im)) for im in images}
         if len(shapes) != 1:
             raise ValueError(f"images must share one shape, got {sorted(shapes)}")
-        images = np.stack(
+        stacked: np.ndarray | Tensor = np.stack(
             [im.detach().cpu().numpy() if isinstance(im, Tensor) else im for im in images]
         )
-    tiles = to_uint8_frames(images)
+    else:
+        stacked = images
+    tiles = to_uint8_frames(stacked)
     n, h, w, _ = tiles.shape
     if captions is not None and len(captions) != n:
         raise ValueError(f"captions must have one entry per image ({n}), got {len(captions)}")
