@@ -240,17 +240,18 @@ def image_grid(
     Returns:
         ``(rows · (H + caption + pad) + pad, cols · (W + pad) + pad, 3)`` uint8.
     """
-    if isinstance(images, (list, tuple)):
+    stacked: np.ndarray | Tensor
+    if isinstance(images, (np.ndarray, Tensor)):
+        stacked = images
+    else:
         if not images:
             raise ValueError("images is empty")
         shapes = {tuple(np.shape(im)) for im in images}
         if len(shapes) != 1:
             raise ValueError(f"images must share one shape, got {sorted(shapes)}")
-        stacked: np.ndarray | Tensor = np.stack(
+        stacked = np.stack(
             [im.detach().cpu().numpy() if isinstance(im, Tensor) else im for im in images]
         )
-    else:
-        stacked = images
     tiles = to_uint8_frames(stacked)
     n, h, w, _ = tiles.shape
     if captions is not None and len(captions) != n:
