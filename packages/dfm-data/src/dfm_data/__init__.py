@@ -26,7 +26,7 @@ from dfm_data.seeding import item_rng, make_dataloader, worker_init_fn
 from dfm_data.validate import ValidationReport, validate_co3d, validate_re10k, validate_vimeo
 from dfm_data.vimeo90k import Vimeo90KConfig, Vimeo90KDataset
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "BadAnnotationError",
