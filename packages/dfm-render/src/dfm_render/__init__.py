@@ -20,6 +20,17 @@ from dfm_render.cameras import (
 )
 from dfm_render.encoder import EncoderConfig, ImageEncoder
 from dfm_render.encoding import PositionalEncoding
+from dfm_render.export import (
+    Mesh,
+    PointCloud,
+    extract_mesh,
+    fuse_point_cloud,
+    save_mesh,
+    save_point_cloud,
+    voxel_downsample,
+    write_obj,
+    write_ply,
+)
 from dfm_render.field import FieldConfig, FieldOutput, RadianceFieldMLP
 from dfm_render.losses import LossWeights, LPIPSLoss, MissingWeightsError
 from dfm_render.model import (
@@ -34,6 +45,16 @@ from dfm_render.presets import SCENE_PRESETS, SamplingConfig, SceneModelConfig, 
 from dfm_render.ray_sampling import sample_along_rays, sample_pdf
 from dfm_render.raymarching import RayRendering, composite, distortion_loss, merge_samples
 from dfm_render.renderer import Camera, RendererConfig, SceneField, SceneRendering, VolumeRenderer
+from dfm_render.trajectories import (
+    absolute_from,
+    estimate_look_at_point,
+    estimate_up,
+    interpolate_poses,
+    look_at,
+    orbit_poses,
+    relative_to,
+    rigid_inverse,
+)
 
 __version__ = "0.2.0"
 
@@ -46,8 +67,10 @@ __all__ = [
     "ImageEncoder",
     "LPIPSLoss",
     "LossWeights",
+    "Mesh",
     "MissingWeightsError",
     "PixelNeRFBaseline",
+    "PointCloud",
     "PositionalEncoding",
     "Projection",
     "RadianceFieldMLP",
@@ -62,19 +85,34 @@ __all__ = [
     "SceneRendering",
     "VolumeRenderer",
     "__version__",
+    "absolute_from",
     "composite",
     "crop_patches",
     "distortion_loss",
+    "estimate_look_at_point",
+    "estimate_up",
+    "extract_mesh",
+    "fuse_point_cloud",
+    "interpolate_poses",
     "load_baseline_into",
+    "look_at",
     "make_scene_batch",
     "merge_samples",
+    "orbit_poses",
     "patch_grid",
     "pixel_grid",
     "project_points",
     "random_patch_origins",
     "rays_from_pixels",
+    "relative_to",
+    "rigid_inverse",
     "sample_along_rays",
     "sample_pdf",
     "sample_pixel_features",
+    "save_mesh",
+    "save_point_cloud",
     "scene_config",
+    "voxel_downsample",
+    "write_obj",
+    "write_ply",
 ]

@@ -165,17 +165,20 @@ class RendererConfig:
     stratified: bool = True
     """Jitter coarse depths within their bins while training (deterministic otherwise)."""
     chunk: int = 4096
-    """Rays per chunk; bounds the memory of full-image renders."""
+    """Rays per chunk when no gradient is needed (sampling); bounds memory."""
+    train_chunk: int = 512
+    """Rays per chunk with gradients; each chunk's field evaluations are recomputed in the
+    backward pass (``checkpoint``), so this bounds a training step's activation memory."""
     far_delta: float = 1e10
     """Interval of the last sample: a large value makes it an opaque backdrop (NeRF)."""
     checkpoint: bool = True
     """Recompute each chunk's field evaluations in the backward pass (training only)."""
 
     def __post_init__(self) -> None:
-        if self.num_coarse < 1 or self.num_fine < 0 or self.chunk < 1:
+        if self.num_coarse < 1 or self.num_fine < 0 or min(self.chunk, self.train_chunk) < 1:
             raise ValueError(
-                "RendererConfig: need num_coarse >= 1, num_fine >= 0, chunk >= 1, got "
-                f"{self.num_coarse}, {self.num_fine}, {self.chunk}"
+                "RendererConfig: need num_coarse >= 1, num_fine >= 0, chunk and train_chunk >= 1, "
+                f"got {self.num_coarse}, {self.num_fine}, {self.chunk}, {self.train_chunk}"
             )
         if self.spacing not in ("linear", "inverse_depth"):
             raise ValueError(
