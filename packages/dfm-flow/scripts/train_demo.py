@@ -13,17 +13,16 @@ with the model config in the metadata).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
 from dfm_data import Vimeo90KConfig
 from dfm_flow.motion import frames_to_batch, motion_preset
+from dfm_flow.pretrained import save_weights
 
 
 class CachedFrames(torch.utils.data.Dataset):
@@ -105,23 +104,20 @@ def main() -> None:
     trainer.save_checkpoint()
     wall = time.time() - train_start
     ema = trainer.ema_model()
-    predictor = ema.predictor
-    state = {
-        k: v.detach().to(torch.float16).contiguous() for k, v in predictor.state_dict().items()
-    }
-    metadata = {
-        "kind": args.kind,
-        "preset": "motion-demo",
-        "model_config": json.dumps(dataclasses.asdict(config)),
-        "steps": str(step),
-        "train_seconds": f"{wall:.0f}",
-        "batch_size": str(preset.batch_size),
-        "learning_rate": str(preset.learning_rate),
-        "data": f"{args.data} (train list, {len(data)} clips)",
-        "torch": torch.__version__,
-    }
     out = Path(args.run_dir) / f"motion_demo_{args.kind}.safetensors"
-    save_file(state, str(out), metadata=metadata)
+    save_weights(
+        ema.predictor,
+        config,
+        out,
+        kind=args.kind,
+        preset="motion-demo",
+        steps=str(step),
+        train_seconds=f"{wall:.0f}",
+        batch_size=str(preset.batch_size),
+        learning_rate=str(preset.learning_rate),
+        data=f"{args.data} (train list, {len(data)} clips)",
+        torch=torch.__version__,
+    )
     trainer.close()
     print(
         json.dumps({"weights": str(out), "steps": step, "train_seconds": round(wall)}), flush=True
