@@ -17,6 +17,12 @@ from pathlib import Path
 
 import torch
 
+from dfm_gan.inversion import (
+    InversionDataset,
+    collate_inversion,
+    inversion_config,
+    save_inversion_model,
+)
 from dfm_gan.networks import Generator, generator_config
 from dfm_gan.training import (
     Discriminator,
@@ -25,9 +31,9 @@ from dfm_gan.training import (
     gan_train_step,
     procedural_faces,
 )
-from dfm_gan.weights import save_generator
+from dfm_gan.weights import load_generator, save_generator
 
-__all__ = ["train_demo_generator", "update_ema"]
+__all__ = ["train_demo_generator", "train_demo_inversion", "update_ema"]
 
 
 @torch.no_grad()
@@ -119,11 +125,127 @@ def train_demo_generator(
     return summary
 
 
+def _train_loop(
+    model: torch.nn.Module,
+    loss_fn,
+    data: InversionDataset,
+    *,
+    batch_size: int,
+    lr: float,
+    minutes: float,
+    max_steps: int,
+    seed: int,
+    log,
+    name: str,
+) -> tuple[torch.nn.Module, int]:
+    """AdamW with a 100-step warm-up, grad-norm clip 1, EMA 0.99 of the trainable module."""
+    trainable = model.predictor
+    ema = copy.deepcopy(trainable).eval().requires_grad_(False)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = torch.Generator().manual_seed(seed)
+    start, step = time.perf_counter(), 0
+    model.train()
+    while step < max_steps and time.perf_counter() - start < minutes * 60:
+        items = [data[(step * batch_size + i) % len(data)] for i in range(batch_size)]
+        terms = loss_fn(collate_inversion(items), rng)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 100)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), trainable.parameters(), strict=True):
+                p_ema.lerp_(p, 0.01)
+        step += 1
+        if step % 25 == 0:
+            record = {"model": name, "step": step, "time_s": round(time.perf_counter() - start, 1)}
+            record.update({k: round(float(v), 5) for k, v in terms.items()})
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    trainable.load_state_dict(ema.state_dict())
+    return model, step
+
+
+def train_demo_inversion(
+    generator_path: str | Path,
+    out_dir: str | Path,
+    *,
+    preset: str = "gan-demo",
+    batch_size: int = 8,
+    lr: float = 3e-4,
+    minutes: float = 30.0,
+    regressor_minutes: float = 10.0,
+    max_steps: int = 100_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train the inversion DFM model and the deterministic regressor baseline on the demo GAN.
+
+    Writes ``inversion.safetensors`` and ``regressor.safetensors`` (predictor weights, config
+    in the metadata; ``generator_path`` stored by file name, resolved next to them) and
+    ``inversion.log.jsonl``.
+    """
+    from dfm_gan.quality import LatentRegressor
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    G = load_generator(generator_path)
+    cfg = inversion_config(preset, generator_path=Path(generator_path).name)
+    model = cfg.build(generator=G)
+    data = InversionDataset(G, cfg, num=10**7, seed=seed)
+    summary: dict[str, float] = {}
+    with (out_dir / "inversion.log.jsonl").open("w") as log:
+        model, steps = _train_loop(
+            model,
+            lambda batch, rng: model(batch, generator=rng),
+            data,
+            batch_size=batch_size,
+            lr=lr,
+            minutes=minutes,
+            max_steps=max_steps,
+            seed=seed,
+            log=log,
+            name="dfm",
+        )
+        summary["dfm_steps"] = steps
+        save_inversion_model(
+            model, cfg, out_dir / "inversion.safetensors", steps=steps, batch_size=batch_size, lr=lr
+        )
+        torch.manual_seed(seed + 1)
+        regressor = LatentRegressor(cfg.build(generator=G))
+        regressor, steps = _train_loop(
+            regressor,
+            lambda batch, rng: regressor(batch),
+            data,
+            batch_size=batch_size,
+            lr=lr,
+            minutes=regressor_minutes,
+            max_steps=max_steps,
+            seed=seed + 1,
+            log=log,
+            name="regressor",
+        )
+        summary["regressor_steps"] = steps
+        holder = cfg.build(generator=G)
+        holder.predictor.load_state_dict(regressor.predictor.state_dict())
+        save_inversion_model(
+            holder, cfg, out_dir / "regressor.safetensors", steps=steps, kind="regressor"
+        )
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", required=True, help="output path stem (writes .safetensors/.json)")
+    parser.add_argument(
+        "--inversion",
+        metavar="GENERATOR",
+        help="train the inversion model + regressor on this generator instead; --out is a directory",
+    )
+    parser.add_argument("--regressor-minutes", type=float, default=10.0)
     parser.add_argument("--preset", default="demo32")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-steps", type=int, default=100_000)
@@ -133,6 +255,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.inversion:
+        result = train_demo_inversion(
+            args.inversion,
+            args.out,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            minutes=args.minutes,
+            regressor_minutes=args.regressor_minutes,
+            max_steps=args.max_steps,
+            seed=args.seed,
+        )
+        print(json.dumps(result))
+        return
     summary = train_demo_generator(
         args.out,
         preset=args.preset,

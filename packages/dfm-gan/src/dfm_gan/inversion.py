@@ -57,9 +57,11 @@ __all__ = [
     "InversionSamples",
     "collate_inversion",
     "inversion_config",
+    "load_inversion_model",
     "make_inversion_batch",
     "random_patch_masks",
     "sample_inversions",
+    "save_inversion_model",
 ]
 
 LatentKind = Literal["w", "w+"]
@@ -435,8 +437,8 @@ INVERSION_PRESETS: dict[str, InversionModelConfig] = {
         generator_preset="demo32",
         train_resolution=16,
         dit_preset="DiT-S",
-        dit_overrides={"patch_size": 2, "depth": 4, "hidden_size": 192, "num_heads": 4},
-        feature_channels=128,
+        dit_overrides={"patch_size": 2, "depth": 4, "hidden_size": 64, "num_heads": 4},
+        feature_channels=64,
     ),
     # The paper: StyleGAN2-ADA FFHQ 256 (paper256 config), diffusion at 64x64, psi 0.5.
     "ffhq256": InversionModelConfig(
@@ -473,6 +475,82 @@ def inversion_config(preset: str, **overrides: Any) -> InversionModelConfig:
         **overrides,
     }  # never share the preset's dict
     return dataclasses.replace(base, **overrides)
+
+
+def save_inversion_model(
+    model: ForwardDiffusion,
+    config: InversionModelConfig,
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    **extra: Any,
+) -> Path:
+    """Write the predictor's weights (not the frozen generator's) with the config as metadata.
+
+    Args:
+        model: from ``config.build``.
+        config: the config it was built from (stored as JSON metadata ``"config"``).
+        path: ``.safetensors`` output path.
+        dtype: storage dtype of floating-point tensors (float16 halves the file; loading
+            casts back to the model's dtype).
+        **extra: JSON-serialisable provenance stored as metadata ``"info"``.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.predictor.state_dict().items()
+    }
+    metadata = {"config": json.dumps(dataclasses.asdict(config)), "info": json.dumps(extra)}
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def load_inversion_model(
+    path: str | os.PathLike[str], *, generator: Generator | None = None
+) -> tuple[ForwardDiffusion, InversionModelConfig]:
+    """Load a model saved by :func:`save_inversion_model`.
+
+    Args:
+        path: the ``.safetensors`` file.
+        generator: the generator to use; None loads ``config.generator_path`` (a relative
+            path is resolved next to ``path``).
+
+    Raises:
+        FileNotFoundError: ``path`` (or the generator weights) missing, named in the message.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"inversion model weights not found: {path}")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if "config" not in metadata:
+        raise ValueError(f"{path}: no 'config' metadata; expected a file from save_inversion_model")
+    raw = json.loads(metadata["config"])
+    raw["schedule"] = ScheduleConfig(**raw["schedule"])
+    config = InversionModelConfig(**raw)
+    if (
+        generator is None
+        and config.generator_path
+        and not Path(os.path.expanduser(config.generator_path)).is_absolute()
+    ):
+        config = dataclasses.replace(
+            config, generator_path=str(path.parent / config.generator_path)
+        )
+    model = config.build(generator=generator)
+    model.predictor.load_state_dict(tensors)
+    return model, config
 
 
 @dataclass(frozen=True)

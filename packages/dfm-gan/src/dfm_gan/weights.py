@@ -79,7 +79,11 @@ def generator_from_state(
 
 
 def save_generator(
-    generator: Generator, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None
+    generator: Generator,
+    path: str | os.PathLike[str],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write ``<path>.safetensors`` and ``<path>.json`` (atomically: temp file + rename).
 
@@ -87,6 +91,7 @@ def save_generator(
         generator: the network to save.
         path: file path; a ``.safetensors`` suffix is optional.
         extra: JSON-serialisable provenance stored in the ``.json`` file (source file, ...).
+        dtype: storage dtype (float16 halves the file; loading casts back to float32).
 
     Returns:
         The ``.safetensors`` path.
@@ -96,7 +101,9 @@ def save_generator(
         path = path.with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = generator.init_kwargs()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    tensors = {
+        k: v.detach().to(dtype).cpu().contiguous() for k, v in generator.state_dict().items()
+    }
     target = path.with_suffix(".safetensors")
     tmp = target.with_suffix(".safetensors.tmp")
     save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(kwargs)})
