@@ -264,3 +264,22 @@ def test_malformed_annotation_files(objects_root, tmp_path):
 
 def test_tiny_world_config_matches_fixture():
     assert TINY_OBJECTS.image_size_hw == (24, 32)
+
+
+def test_views_at_chosen_frames_match_the_sampled_item(objects_root):
+    from dfm_data.sampling import sample_view_indices
+    from dfm_data.seeding import item_rng
+
+    ds = _config(objects_root).build()
+    item = ds[0]
+    _, name = ds.sequences[0]
+    ctx, tgt, nov = sample_view_indices(len(ds.frames[name]), SAMPLING, item_rng(0, 0, 0))
+    chosen = ds.views_at(0, ctx, tgt, nov)
+    for field in ("context", "target", "novel"):
+        a, b = getattr(item, field), getattr(chosen, field)
+        assert torch.equal(a.images, b.images) and torch.equal(a.c2w, b.c2w)
+        assert torch.equal(a.frame_index, b.frame_index)
+    front = ds.views_at(0, [0], [len(ds.frames[name]) // 2])
+    assert front.context.frame_index.tolist() == [[ds.frames[name][0].frame_number]]
+    with pytest.raises(IndexError, match="outside sequence"):
+        ds.views_at(0, [0], [10_000])

@@ -532,16 +532,46 @@ class CO3DDataset(Dataset):
     def _item(self, index: int) -> ViewBatch:
         cfg = self.config
         _, name = self.sequences[index]
-        frames = self.frames[name]
         rng = item_rng(cfg.seed, self.epoch, index)
-        ctx, tgt, nov = sample_view_indices(len(frames), cfg.sampling, rng)
-        scale = self.scales.get(name)
-        factor = 1.0 if scale is None or scale <= 0 else cfg.mean_depth_scale / scale
+        ctx, tgt, nov = sample_view_indices(len(self.frames[name]), cfg.sampling, rng)
+        factor = 1.0
         if cfg.split == "train" and cfg.scale_augmentation > 0:
             r = cfg.scale_augmentation
             factor /= float(rng.uniform(1.0 - r, 1.0 + r))
+        return self.views_at(index, ctx, tgt, nov, scale_factor=factor)
+
+    def views_at(
+        self,
+        index: int,
+        context: list[int],
+        target: list[int],
+        novel: list[int] = (),  # type: ignore[assignment]
+        *,
+        scale_factor: float = 1.0,
+    ) -> ViewBatch:
+        """Sequence ``index`` at chosen frame positions (evaluation, videos), ``B = 1``.
+
+        Args:
+            index: sequence index.
+            context, target, novel: positions in the sequence's frame order (``context`` non-empty).
+            scale_factor: extra factor on the normalised scene scale (augmentation).
+
+        Raises:
+            IndexError: a position outside the sequence.
+        """
+        cfg = self.config
+        _, name = self.sequences[index]
+        frames = self.frames[name]
+        for i in (*context, *target, *novel):
+            if not 0 <= i < len(frames):
+                raise IndexError(
+                    f"frame position {i} outside sequence {name} ({len(frames)} frames)"
+                )
+        scale = self.scales.get(name)
+        factor = 1.0 if scale is None or scale <= 0 else cfg.mean_depth_scale / scale
+        factor *= scale_factor
         views = {}
-        for key, idx in (("context", ctx), ("target", tgt), ("novel", nov)):
+        for key, idx in (("context", context), ("target", target), ("novel", novel)):
             views[key] = [(*self._view(frames[i], factor), frames[i].frame_number) for i in idx]
         s = cfg.image_size
         return make_view_batch(views, image_size_hw=(s, s), near=cfg.near, far=cfg.far, index=index)
