@@ -34,6 +34,13 @@ RUNS = [
     ("edm-heun", "edm", {"solver": "heun"}, (3, 5, 6, 8, 10, 15, 25), lambda n: 2 * n - 1),
     ("dpmpp_2m", "dpmpp_2m", {}, (5, 6, 8, 10, 12, 15, 20, 30, 50), lambda n: n),
     (
+        "dpmpp_2m-s20-rho10",
+        "dpmpp_2m",
+        {"sigma_max": 20.0, "rho": 10.0},
+        (5, 8, 10, 12, 15, 20),
+        lambda n: n,
+    ),
+    (
         "dpmpp_2m-linspace",
         "dpmpp_2m",
         {"spacing": "linspace"},
