@@ -263,6 +263,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _ours(data: dict, name: str) -> bool:
+    """Whether the daemon ``name`` recorded in ``data`` still runs (same PID *and* start
+    time, so a recycled PID of some other process is never taken for it)."""
+    pid = data.get("pids", {}).get(name)
+    if pid is None or not _alive(pid):
+        return False
+    started = data.get("started", {}).get(name)
+    return started is None or _start_time(pid) == started
+
+
 def _spawn(argv: list[str], log_path: Path, *, user: str | None = None) -> int:
     with open(log_path, "ab") as out:
         process = subprocess.Popen(
@@ -326,7 +345,7 @@ def running(state_dir: Path) -> dict | None:
     """The recorded cluster if all its daemons are alive, else None."""
     data = State(state_dir).load()
     pids = data.get("pids", {})
-    if pids and all(_alive(pid) for pid in pids.values()):
+    if pids and all(_ours(data, name) for name in pids):
         return data
     return None
 
@@ -352,7 +371,16 @@ def start(state_dir: Path, nodes: int, *, timeout: float = 60) -> dict:
     state = State(state_dir)
 
     def record() -> None:
-        state.save({"nodes": nodes, "node_names": names, "pids": pids, "state_dir": str(state_dir)})
+        started = {name: _start_time(pid) for name, pid in pids.items()}
+        state.save(
+            {
+                "nodes": nodes,
+                "node_names": names,
+                "pids": pids,
+                "started": started,
+                "state_dir": str(state_dir),
+            }
+        )
 
     try:
         if _munge_ok():
@@ -422,7 +450,7 @@ def stop(state_dir: Path, *, timeout: float = 30) -> None:
         return
     started = time.monotonic()
     # Job processes outlive slurmd: cancel jobs while the daemons can still kill them.
-    if _alive(pids.get("slurmctld", -1)):
+    if _ours(data, "slurmctld"):
         jobs = _job_ids()
         if jobs:
             log(f"cancelling jobs {' '.join(jobs)}")
@@ -432,9 +460,11 @@ def stop(state_dir: Path, *, timeout: float = 30) -> None:
                 time.sleep(0.5)
     order = sorted(pids, key=lambda k: (not k.startswith("slurmd"), k == "munged"))
     for name in order:  # slurmd first, then slurmctld, munged last
-        _terminate(pids[name], name)
-    if data.get("nodes", 1) > 1:
-        _set_hosts(None)
+        if _ours(data, name):
+            _terminate(pids[name], name)
+        else:
+            log(f"{name} (pid {pids[name]}) is gone already")
+    _set_hosts(None)
     state.clear()
     log(f"stopped {', '.join(order)} in {time.monotonic() - started:.1f} s")
 
@@ -444,7 +474,7 @@ def status(state_dir: Path) -> int:
     if not data:
         print("stopped")
         return 1
-    alive = {name: _alive(pid) for name, pid in data.get("pids", {}).items()}
+    alive = {name: _ours(data, name) for name in data.get("pids", {})}
     print(f"nodes: {data.get('nodes')} ({','.join(data.get('node_names', []))})")
     for name, pid in data.get("pids", {}).items():
         print(f"  {name:<16} pid {pid:<8} {'alive' if alive[name] else 'DEAD'}")
