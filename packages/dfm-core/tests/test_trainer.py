@@ -178,7 +178,8 @@ def test_resume_after_a_run_killed_mid_save(tmp_path: Path) -> None:
         f.write(json.dumps({"step": 4, "loss": 1.0}) + "\n" + '{"step": 5, "lo')  # cut short
 
     resumed = Trainer(NoisyRegressor(seed=5), IndexDataset(), cfg, run_dir=tmp_path)
-    assert resumed.resume() == 3
+    with pytest.warns(UserWarning, match=r"skipped damaged checkpoint step_000006: .*manifest"):
+        assert resumed.resume() == 3
     assert [r["step"] for r in _metrics(tmp_path)] == [1, 2, 3]
     resumed.train()
     assert sorted(os.listdir(checkpoints)) == ["latest", "step_000003", "step_000006"]

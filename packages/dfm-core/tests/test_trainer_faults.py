@@ -6,17 +6,20 @@ against an uninterrupted reference run (bit-identical) or against the exact mess
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from test_trainer import (
     IndexDataset,
     NoisyRegressor,
     _assert_same,
     _config,
+    _free_port,
     _metrics,
     _state,
 )
@@ -143,6 +146,16 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path: Path, dama
     assert fresh.resume() == 6 and not fresh.skipped_checkpoints
 
 
+def test_resume_names_a_truncated_newest_checkpoint(tmp_path: Path) -> None:
+    cfg = {"max_steps": 4, "checkpoint_every": 2, "keep_last": None}
+    Trainer(NoisyRegressor(), IndexDataset(), _config(**cfg), run_dir=tmp_path).train()
+    state = tmp_path / "checkpoints" / "step_000004" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    resumed = Trainer(NoisyRegressor(), IndexDataset(), _config(**cfg), run_dir=tmp_path)
+    with pytest.warns(UserWarning, match=r"step_000004: .*state\.pt: 100 bytes, the manifest says"):
+        assert resumed.resume() == 2
+
+
 def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path: Path) -> None:
     cfg = {"max_steps": 4, "checkpoint_every": 2, "keep_last": None}
     Trainer(NoisyRegressor(), IndexDataset(), _config(**cfg), run_dir=tmp_path).train()
@@ -258,3 +271,37 @@ def test_cuda_device_without_cuda_is_a_clear_error(
         Trainer(NoisyRegressor(), IndexDataset(), _config(device="cuda"), run_dir=tmp_path)
     with pytest.raises(ValueError, match=r"'gpu' is not a device"):
         Trainer(NoisyRegressor(), IndexDataset(), _config(device="gpu"), run_dir=tmp_path)
+
+
+def _ddp_signal_worker(rank: int, out: Path, port: int) -> None:
+    """Rank 1 alone is signalled mid-step; both ranks must stop after the same step."""
+    torch.set_num_threads(1)
+    os.environ |= {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    model = SignalAtCall(signal.SIGTERM, at=2) if rank == 1 else NoisyRegressor()
+    cfg = _config(max_steps=6, checkpoint_every=100)
+    trainer = Trainer(model, IndexDataset(24), cfg, run_dir=out / "run")
+    try:
+        with graceful_stop():
+            trainer.train()
+        result = {"rank": rank, "stopped": None}
+    except TrainingInterrupted as stop:
+        result = {"rank": rank, "stopped": stop.signal_name, "step": stop.step}
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    trainer.close()
+
+
+def test_a_signal_on_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+
+    mp.start_processes(
+        _ddp_signal_worker, args=(tmp_path, _free_port()), nprocs=2, start_method="fork"
+    )
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == {"rank": 0, "stopped": "a signal on another rank", "step": 2}
+    assert results[1] == {"rank": 1, "stopped": "SIGTERM", "step": 2}
+    assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [2]

@@ -279,15 +279,24 @@ def _verify_if_in_checkpoint(file: Path) -> None:
         _verify_file(file.parent, file.name, _read_manifest(file.parent))
 
 
-def list_checkpoints(checkpoints_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``checkpoints_dir`` as ``(step, path)``, oldest first."""
+def list_checkpoints(
+    checkpoints_dir: str | os.PathLike[str], *, complete_only: bool = True
+) -> list[tuple[int, Path]]:
+    """Checkpoints under ``checkpoints_dir`` as ``(step, path)``, oldest first.
+
+    Args:
+        checkpoints_dir: a run's ``checkpoints/`` directory.
+        complete_only: list only complete ones (manifest present, sizes matching); with
+            ``False`` every ``step_XXXXXX`` directory is listed (saves are atomic, so an
+            incomplete one was damaged after it was written, not cut short by a kill).
+    """
     root = Path(checkpoints_dir)
     if not root.is_dir():
         return []
     found = []
     for entry in root.iterdir():
         match = _STEP_DIR.match(entry.name)
-        if match and entry.is_dir() and is_complete_checkpoint(entry):
+        if match and entry.is_dir() and (not complete_only or is_complete_checkpoint(entry)):
             found.append((int(match.group(1)), entry))
     return sorted(found)
 

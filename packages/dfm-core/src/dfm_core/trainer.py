@@ -906,7 +906,9 @@ class Trainer:
         self,
     ) -> tuple[Path, dict[str, Tensor], dict[str, Tensor], dict[str, Any]] | None:
         """The newest checkpoint that passes its checksums and loads, read; warns about skips."""
-        candidates = list_checkpoints(self.checkpoint_dir)
+        # Every step dir, complete or not: one with a size mismatch or no manifest was
+        # damaged after its atomic save, and the user should hear that it was passed over.
+        candidates = list_checkpoints(self.checkpoint_dir, complete_only=False)
         self.skipped_checkpoints = []
         for _, path in reversed(candidates):
             try:
