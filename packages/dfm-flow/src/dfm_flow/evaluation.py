@@ -14,11 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from dfm_flow.motion import sample_motion
 
 __all__ = [
     "MotionScores",
     "chi2_uniform",
+    "regressed_sprite_velocities",
+    "sampled_sprite_velocities",
     "score_motions",
     "sprite_masks",
     "sprite_velocities",
@@ -164,3 +168,70 @@ def score_motions(estimates: Tensor, truth: Tensor, velocity_set: Tensor) -> Mot
         num_sprites=int(estimates.shape[0]),
         num_samples=int(estimates.shape[1]),
     )
+
+
+def _truth(clips: list[dict], height: int, width: int) -> tuple[list[Tensor], Tensor]:
+    masks = [sprite_masks(clip, height, width) for clip in clips]
+    truth = torch.tensor(
+        [sprite["velocity_px"] for clip in clips for sprite in clip["sprites"]], dtype=torch.float64
+    )
+    return masks, truth
+
+
+@torch.no_grad()
+def sampled_sprite_velocities(
+    diffusion: nn.Module,
+    images: Tensor,
+    clips: list[dict],
+    *,
+    num_samples: int = 16,
+    steps: int = 20,
+    seed: int = 0,
+    batch_size: int = 16,
+    **sample_kwargs: object,
+) -> tuple[Tensor, Tensor]:
+    """Sample K motions per clip from frame 1 and read off every sprite's velocity.
+
+    Args:
+        diffusion: a motion DFM (``ForwardDiffusion``).
+        images: (N, 3, H, W) first frames in [-1, 1].
+        clips: the N clips' ground truth (motion world JSON).
+        num_samples: K.
+        steps: sampler steps.
+        seed: sample k of clip n uses the seed ``seed * 10**6 + n * K + k`` (independent of
+            how clips are batched).
+        batch_size: clips per sampler call.
+        **sample_kwargs: passed to ``sample_motion``.
+
+    Returns:
+        estimates (S, K, 2) and truth (S, 2) over all sprites S of all clips.
+    """
+    height, width = images.shape[-2:]
+    masks, truth = _truth(clips, height, width)
+    k = num_samples
+    estimates = []
+    for start in range(0, len(clips), batch_size):
+        chunk = images[start : start + batch_size]
+        generators = [
+            torch.Generator().manual_seed(seed * 10**6 + (start + i) * k + j)
+            for i in range(chunk.shape[0])
+            for j in range(k)
+        ]
+        out = sample_motion(
+            diffusion, chunk, num_samples=k, steps=steps, generator=generators, **sample_kwargs
+        )
+        for i in range(chunk.shape[0]):
+            estimates.append(sprite_velocities(out.flow[i].double(), masks[start + i]))
+    return torch.cat(estimates), truth
+
+
+@torch.no_grad()
+def regressed_sprite_velocities(
+    regressor: nn.Module, images: Tensor, clips: list[dict]
+) -> tuple[Tensor, Tensor]:
+    """The deterministic baseline's per-sprite velocities: estimates (S, 1, 2), truth (S, 2)."""
+    height, width = images.shape[-2:]
+    masks, truth = _truth(clips, height, width)
+    flow = regressor.predict(images).flow.double()  # (N, 2, H, W)
+    estimates = [sprite_velocities(flow[i : i + 1], masks[i]) for i in range(len(clips))]
+    return torch.cat(estimates), truth
