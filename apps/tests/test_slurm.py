@@ -108,12 +108,13 @@ def _newest_step(run_dir: Path, above: int) -> int | None:
     return found[-1][0] if found and found[-1][0] > above else None
 
 
-def _submit(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+def _submit(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """``dfm submit ARGV``: the job id and what the command printed."""
     assert main(["submit", *argv]) == 0
     out = capsys.readouterr().out
     match = re.search(r"submitted job (\d+)", out)
     assert match, out
-    return match.group(1)
+    return match.group(1), out
 
 
 def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -154,7 +155,7 @@ def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
     start = time.monotonic()
     # --time 20: submitit counts a signal in the first min(0.8 T, T - 10 min) as a
     # pre-emption, later ones as a time-out (a budget of 3); 20 min keeps it a pre-emption.
-    job_id = _submit(
+    job_id, _ = _submit(
         [
             "demo",
             "--slurm-partition",
@@ -255,7 +256,7 @@ def test_two_task_gloo_jobs_across_two_emulated_nodes(
     # DDP training through `dfm submit --nodes 2`: one CPU task per node, gloo.
     run_dir = tmp_path / "ddp"
     small = [arg for arg in TRAIN if not arg.startswith("trainer.max_steps")]
-    job_id = _submit(
+    job_id, out = _submit(
         [
             "demo",
             "--slurm-partition",
@@ -268,13 +269,17 @@ def test_two_task_gloo_jobs_across_two_emulated_nodes(
             "20",
             "--run-dir",
             str(run_dir),
+            "--wait",  # through the command's own watchdog
+            "--wait-timeout",
+            str(JOB_TIMEOUT_S),
             "trainer.max_steps=100",
             *small,
         ],
         capsys,
     )
+    assert "noise floor" in out and "DFM 100 steps" in out, out  # the summary of rank 0
     job = submitit.SlurmJob(folder=run_dir / "submitit", job_id=job_id, tasks=(0, 1))
-    results = wait(job, timeout_s=JOB_TIMEOUT_S)
+    results = wait(job, timeout_s=30)  # already there
     assert results[0]["dfm_step"] == 100 and results[1] is None  # rank 0 reports
     assert _final_state(job_id) == "COMPLETED"
     logs = [job.task(i).paths.stdout.read_text() for i in range(2)]
