@@ -22,9 +22,15 @@ def test_presets_ship_inside_the_package() -> None:
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_validates_against_its_schema(name: str) -> None:
+    from dfm_apps.applications import application
+    from dfm_apps.config import schema
+
     config = validate(load_preset(name))
-    assert isinstance(config, ProjectionConfig)
+    assert isinstance(config, schema(config.app))
+    assert application(config.app).CONFIG is type(config)
     assert config.name == name
+    if config.app == "projection":
+        assert isinstance(config, ProjectionConfig)
 
 
 def test_demo_dry_run_prints_preset_and_schema_defaults(capsys: pytest.CaptureFixture[str]) -> None:

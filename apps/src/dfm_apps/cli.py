@@ -309,7 +309,7 @@ def _train(
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from dfm_apps import projection
+    from dfm_apps.applications import application
     from dfm_apps.config import (
         ConfigError,
         frozen_differences,
@@ -339,16 +339,15 @@ def _sample(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else run_dir / "samples" / f"seed-{seed}"
     try:
         check_checkpoint_config(run_dir, stored)
-        trained = projection.load_models(settings, run_dir)
+        app = application(settings.app)
+        trained = app.load_models(settings, run_dir)
     except CheckpointCorruptError:
         raise
     except CheckpointError as error:
         raise RunError(
             f"{error} (train it first: dfm train {settings.name} --run-dir {run_dir})"
         ) from error
-    evaluation = projection.evaluate(
-        settings, trained, out, run_dir=run_dir, config_yaml=to_yaml(config)
-    )
+    evaluation = app.evaluate(settings, trained, out, run_dir=run_dir, config_yaml=to_yaml(config))
     print(
         f"{settings.name}: DFM step {trained.dfm_step}, baseline step {trained.baseline_step}, seed {seed}"
     )

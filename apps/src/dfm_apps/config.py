@@ -31,7 +31,6 @@ from dfm_core.trainer import OptimizerConfig, TrainerConfig
 
 __all__ = [
     "PROJECTION_FROZEN",
-    "SCHEMAS",
     "ConfigError",
     "DataConfig",
     "EvaluationConfig",
@@ -237,8 +236,16 @@ PROJECTION_FROZEN = ("app", "problem", "model", "schedule")
 
 # ----------------------------------------------------------------------------- presets
 
-SCHEMAS: dict[str, type] = {"projection": ProjectionConfig}
-"""Application name (a config's ``app`` key) -> its structured config."""
+
+def schema(app: str) -> type:
+    """The structured config of application ``app`` (``dfm_apps.applications``).
+
+    Raises:
+        KeyError: unknown application.
+    """
+    from dfm_apps.applications import application
+
+    return application(app).CONFIG
 
 
 def _describe(error: OmegaConfBaseException) -> str:
@@ -336,9 +343,11 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 def config_from_container(data: Any, overrides: Sequence[str] = (), *, where: str) -> DictConfig:
     """Lay a plain (or OmegaConf) mapping over the schema its ``app`` key names."""
     app = data.get("app", "projection") if hasattr(data, "get") else None
-    if app not in SCHEMAS:
-        raise ConfigError(f"{where}: app: unknown application {app!r}; known: {sorted(SCHEMAS)}")
-    config = _merge(OmegaConf.structured(SCHEMAS[app]), data, where=where)
+    try:
+        structure = schema(app)
+    except KeyError as error:
+        raise ConfigError(f"{where}: app: {error.args[0]}") from error
+    config = _merge(OmegaConf.structured(structure), data, where=where)
     config = merge_overrides(config, overrides)
     validate(config)
     return config

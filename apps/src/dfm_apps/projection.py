@@ -335,3 +335,9 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+CONFIG = ProjectionConfig
+"""This application's structured config (see ``dfm_apps.applications``)."""
+FROZEN = PROJECTION_FROZEN
+"""Config sections that fix the weights."""

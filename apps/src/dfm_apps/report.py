@@ -12,7 +12,7 @@ from typing import Any
 
 from dfm_apps import plots
 
-__all__ = ["format_scores", "render_report"]
+__all__ = ["format_scores", "render_page", "render_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -22,6 +22,7 @@ th:first-child, td:first-child { text-align: left; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }
 .note { color: #555; }
+video { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 """
 
 _ROWS = (
@@ -36,7 +37,16 @@ def _ratio(value: float) -> str:
 
 
 def format_scores(scores: Mapping[str, float]) -> str:
-    """The score table as fixed-width text (printed by the CLI)."""
+    """The score table as fixed-width text (printed by the CLI).
+
+    The projection application's scores (energy distances) get their table; any other
+    application's scores are listed one per line.
+    """
+    if not all(key in scores for _, key, _ in _ROWS):
+        return "\n".join(
+            f"{key:<40}{value:.4g}" if isinstance(value, float) else f"{key:<40}{value}"
+            for key, value in scores.items()
+        )
     lines = [f"{'':<30}{'energy distance':>17}{'/ noise floor':>15}"]
     for label, key, ratio in _ROWS:
         shown = _ratio(scores[ratio]) if ratio else "1.0x"
@@ -91,6 +101,70 @@ def render_report(
         parts += [f"<h2>{html.escape(name)}</h2>", _image(Path(path).read_bytes(), name)]
     if metrics and any(metrics.values()):
         parts += ["<h2>training loss</h2>", _image(plots.plot_losses(metrics), "training loss")]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts += [
+        "<h2>config</h2>",
+        f"<pre>{html.escape(config_yaml)}</pre>",
+        f'<p class="note">written {stamp}</p>',
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def render_page(
+    *,
+    title: str,
+    summary: str,
+    tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]],
+    images: Mapping[str, Path],
+    videos: Mapping[str, Path],
+    config_yaml: str,
+    base: Path,
+    metrics: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    commands: Sequence[str] = (),
+) -> str:
+    """A report for any application: tables, embedded images, linked videos, the config.
+
+    Images are embedded (base64); videos are referenced relative to ``base`` (the folder the
+    report is written to), so the page works offline next to its files.
+
+    Args:
+        title: page heading.
+        summary: one paragraph saying what was run and how it is scored.
+        tables: (caption, header cells, rows of cells).
+        images: caption -> PNG file.
+        videos: caption -> mp4 file under ``base``.
+        config_yaml: the resolved config.
+        base: the report's folder.
+        metrics: run name -> ``metrics.jsonl`` records, drawn as loss curves.
+        commands: shell commands that reproduce the page.
+    """
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(summary)}</p>",
+    ]
+    for caption, header, rows in tables:
+        parts.append(f"<h2>{html.escape(caption)}</h2><table><tr>")
+        parts += [f"<th>{html.escape(cell)}</th>" for cell in header]
+        parts.append("</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    for name, path in images.items():
+        parts += [f"<h2>{html.escape(name)}</h2>", _image(Path(path).read_bytes(), name)]
+    for name, path in videos.items():
+        source = html.escape(Path(path).relative_to(base).as_posix())
+        parts += [
+            f"<h3>{html.escape(name)}</h3>",
+            f'<video controls loop muted src="{source}"></video>',
+        ]
+    if metrics and any(metrics.values()):
+        parts += ["<h2>training loss</h2>", _image(plots.plot_losses(metrics), "training loss")]
+    if commands:
+        parts += ["<h2>reproduce</h2>", f"<pre>{html.escape(chr(10).join(commands))}</pre>"]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts += [
         "<h2>config</h2>",

@@ -18,9 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dfm_apps import projection, report
+from dfm_apps import report
+from dfm_apps.applications import application
 from dfm_apps.config import (
-    PROJECTION_FROZEN,
     ConfigError,
     config_from_container,
     frozen_differences,
@@ -64,7 +64,7 @@ def check_checkpoint_config(run_dir: Path, config: Mapping[str, Any] | DictConfi
     """Refuse a run whose newest checkpoint was trained with other weight-defining settings.
 
     Compares the config embedded in the newest complete checkpoint with ``config`` on
-    the sections that fix the weights (``PROJECTION_FROZEN``). Does nothing when the run
+    the sections that fix the weights (the application's ``FROZEN``). Does nothing when the run
     has no checkpoint yet.
 
     Raises:
@@ -74,7 +74,8 @@ def check_checkpoint_config(run_dir: Path, config: Mapping[str, Any] | DictConfi
         return
     saved = read_checkpoint_config(run_dir).get("run")
     current = to_container(config) if isinstance(config, DictConfig) else dict(config)
-    changed = config_differences(saved, current, PROJECTION_FROZEN)
+    frozen = application(str(current.get("app", "projection"))).FROZEN
+    changed = config_differences(saved, current, frozen)
     if changed:
         raise RunError(
             f"{run_dir / 'checkpoints'} was trained with a different config than "
@@ -107,7 +108,7 @@ def resolve_config(
                 f"{run_dir} holds a run of preset {stored.name!r}, not {preset!r}; "
                 f"resume it with `dfm train {stored.name} --run-dir {run_dir} --resume`"
             )
-        changed = frozen_differences(stored, config, PROJECTION_FROZEN)
+        changed = frozen_differences(stored, config, application(str(stored.app)).FROZEN)
         if changed:
             raise ConfigError(
                 f"cannot change {', '.join(changed)} when resuming {run_dir}: the checkpoints "
@@ -160,14 +161,16 @@ def execute(config: Mapping[str, Any] | DictConfig, run_dir: str | Path) -> dict
     check_checkpoint_config(run_dir, plain)
     if _rank() == 0:
         _write_config(run_dir, yaml_text)
-    trained = projection.train(settings, run_dir, run_config=plain)
+    app = application(settings.app)
+    trained = app.train(settings, run_dir, run_config=plain)
     if _rank() != 0:
         return None
-    evaluation = projection.evaluate(settings, trained, run_dir, config_yaml=yaml_text)
+    evaluation = app.evaluate(settings, trained, run_dir, config_yaml=yaml_text)
     return {
         "run_dir": run_dir,
         "scores": evaluation.scores_dict(),
         "files": {"config": run_dir / CONFIG_FILE, **evaluation.files},
+        "app": settings.app,
         "dfm_step": trained.dfm_step,
         "baseline_step": trained.baseline_step,
         "resumed_from": trained.resumed_from,
@@ -191,6 +194,6 @@ def format_summary(result: Mapping[str, Any], *, name: str) -> str:
     for label, path in result["files"].items():
         lines.append(f"  {label:<10} {path}")
     lines.append(
-        f"  {'weights':<10} {run_dir / 'checkpoints'} (baseline: {run_dir / projection.BASELINE_DIR})"
+        f"  {'weights':<10} {run_dir / 'checkpoints'} (baseline: {run_dir / application(result.get('app', 'projection')).BASELINE_DIR})"
     )
     return "\n".join(lines)

@@ -206,8 +206,9 @@ def _objects_demo() -> SceneModelConfig:
         det_features=16,
         patch_size=8,
         num_context=1,
-        near=2.0,
-        far=14.0,
+        # The CO3D loader scales scenes so the object sits ~10 units from the camera.
+        near=4.0,
+        far=24.0,
         losses=LossWeights(det=1.0),
         sampling=SamplingConfig(steps=50),
     )

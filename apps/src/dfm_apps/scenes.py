@@ -1,0 +1,743 @@
+"""The inverse-graphics application: one image in, K sampled 3D scenes out.
+
+Trains dfm-render's DFM model and its deterministic pixelNeRF baseline on posed views read by
+dfm-data's loaders (the CO3D v2 layout: real CO3D, or the synthetic objects world written in
+it and synthesized on first use), then samples and scores them on held-out objects.
+
+Run directory::
+
+    config.yaml          resolved config
+    baseline/            the pixelNeRF baseline's run (trained first; DFM starts from it)
+    checkpoints/         DFM checkpoints (safetensors, EMA included), metrics.jsonl
+    scenes/              per held-out object: the input view, K sampled backs, turntable and
+                         depth videos of each sample and of the baseline (mp4 + gif)
+    scores.json          visible-side PSNR/SSIM, hidden-side palette statistics
+    report.html          all of the above, offline
+
+Training items: ``SceneTrainingSet`` turns each ``ViewBatch`` into the dfm-core batch of the
+3D model (``dfm_render.make_scene_batch``): context views, the full target image the network
+denoises, random loss patches on the target and novel views. Patch origins come from torch's
+global RNG, which the trainer seeds per item (``dfm_core.data_order.SeededItems``), so an item
+stays a pure function of (seed, epoch, index).
+
+Scoring on the objects world (its ground truth says what the hidden back of each object is,
+and the world renders it exactly): given only the front view (frame 0),
+
+* **visible side**: PSNR/SSIM of the renders at the frames within +-30 degrees of the front
+  against the true frames, DFM (every sample) and baseline;
+* **hidden side**: the view from behind (frame N/2) of each sample, compared with the exact
+  render of the true scene repainted with each palette colour in turn (so shading is the
+  truth's); a sample's back "is" the nearest palette colour when its RMS distance over the
+  hidden pixels is below ``evaluation.palette_tolerance`` (a real colour, not a blend).
+  Reported: the fraction of such samples, the mean number of distinct colours among the K
+  samples of an object, and a chi-squared test of the pooled counts against uniform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dfm_core.checkpoint import CheckpointError, list_checkpoints, load_weights
+from dfm_core.diffusion import DFMBatch, ForwardDiffusion
+from dfm_core.guidance import classifier_free_guidance
+from dfm_core.sampling import sample_ddim
+from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
+from dfm_core.tree import tree_cat, tree_index
+from dfm_render import (
+    Camera,
+    PixelNeRFBaseline,
+    SceneModelConfig,
+    VolumeRenderer,
+    load_baseline_into,
+    make_scene_batch,
+    scene_config,
+)
+
+__all__ = [
+    "FROZEN",
+    "SceneDataConfig",
+    "SceneEvaluationConfig",
+    "SceneTrainingSet",
+    "ScenesConfig",
+    "Trained",
+    "WorldConfig",
+    "collate_scene_batches",
+    "evaluate",
+    "load_models",
+    "scene_batch_from_views",
+    "train",
+]
+
+BASELINE_DIR = "baseline"
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass
+class WorldConfig:
+    """The synthetic objects world written when the data root does not exist yet."""
+
+    n_sequences: int = 160
+    """Objects (sequences); a fifth go to the val/test splits."""
+    n_frames: int = 48
+    """Frames per orbit (frame 0 is the front view)."""
+    size: int = 64
+    """Side of the square frames written to disk."""
+    seed: int = 0
+    """World seed (the held-out world uses ``evaluation.world_seed``)."""
+
+
+@dataclass
+class SceneDataConfig:
+    """Training views."""
+
+    root: str = "data/objects-world"
+    """Dataset root in the CO3D v2 layout (relative to the working directory)."""
+    categories: list[str] = field(default_factory=lambda: ["orb"])
+    """Categories to read."""
+    synthesize: bool = True
+    """Write the objects world to ``root`` when it does not exist (synthetic data only)."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """Options of that world."""
+    min_gap: int = 8
+    """Fewest frames between the context view and the target."""
+    max_gap: int = 24
+    """Most frames between the context view and the target (24 = half an orbit)."""
+    num_novel: int = 1
+    """Extra views per item for the novel-view loss."""
+
+
+@dataclass
+class SceneEvaluationConfig:
+    """Sampling and scoring held-out objects."""
+
+    num_scenes: int = 4
+    """Held-out objects, each seen only from its front view."""
+    num_samples: int = 4
+    """Samples K per object."""
+    steps: int = 50
+    """DDIM steps."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance scale (1: none)."""
+    temperature: float = 1.0
+    """Scale of the initial noise."""
+    world_seed: int = 1000
+    """Seed of the held-out world (never used in training)."""
+    palette_margin: float = 1 / 3
+    """A sample's back counts as palette colour p when its RMS distance to the truth painted p
+    is at most this fraction of the distance from that render to the nearest other colour's
+    (an even blend of two colours lies at 1/2: never counted)."""
+    videos: bool = True
+    """Write turntable and depth videos (mp4 + gif) of every sample."""
+    seed: int = 1234
+    """Seed of the sampler noise."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_scenes", "num_samples", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"evaluation.{name}: expected >= 1, got {getattr(self, name)}")
+
+
+def _scenes_trainer() -> TrainerConfig:
+    return TrainerConfig(
+        max_steps=20_000,
+        batch_size=8,
+        optimizer=OptimizerConfig(lr=2e-4, warmup_steps=500, schedule="cosine", min_lr_ratio=0.1),
+        ema_decay=0.999,
+        num_workers=0,
+        log_every=50,
+        checkpoint_every=500,
+        keep_last=2,
+        callback_every=500,
+    )
+
+
+@dataclass
+class ScenesConfig:
+    """Inverse graphics: DFM and a pixelNeRF baseline on posed views (schema of the 3D presets)."""
+
+    app: str = "scenes"
+    """Which application the config belongs to (fixed)."""
+    name: str = "objects-demo"
+    """Preset name, used in titles and run directory names."""
+    model: SceneModelConfig = field(default_factory=lambda: scene_config("objects-demo"))
+    """The 3D model (dfm-render's presets)."""
+    data: SceneDataConfig = field(default_factory=SceneDataConfig)
+    """Training views."""
+    trainer: TrainerConfig = field(default_factory=_scenes_trainer)
+    """Training loop of the DFM model."""
+    baseline_steps: int = 2000
+    """Optimiser steps of the baseline (same trainer settings otherwise)."""
+    init_from_baseline: bool = True
+    """Start DFM from the trained baseline (the paper's CO3D recipe)."""
+    evaluation: SceneEvaluationConfig = field(default_factory=SceneEvaluationConfig)
+    """Sampling and scoring."""
+    num_threads: int | None = None
+    """``torch.set_num_threads`` for the run; null keeps torch's default."""
+
+    def __post_init__(self) -> None:
+        if self.app != "scenes":
+            raise ValueError(f"app: expected 'scenes' for this schema, got {self.app!r}")
+        if self.baseline_steps < 1:
+            raise ValueError(f"baseline_steps must be >= 1, got {self.baseline_steps}")
+        if not 0 < self.data.min_gap <= self.data.max_gap:
+            raise ValueError("data.min_gap/max_gap: expected 0 < min_gap <= max_gap")
+
+
+CONFIG = ScenesConfig
+FROZEN = ("app", "model")
+"""Config sections that fix the weights: a resumed run or ``dfm sample`` may not change them."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def scene_batch_from_views(
+    views: Any, *, patch_size: int | None, absolute_pose: bool = False
+) -> DFMBatch:
+    """A 3D-model batch from a dfm-data ``ViewBatch`` (target view 0 is denoised).
+
+    Args:
+        views: ``dfm_data.ViewBatch`` with Nc >= 1 context views, Nt >= 1 targets and
+            Nn >= 0 novel views; further targets join the novel views.
+        patch_size: side of the loss patches, or None for whole images.
+        absolute_pose: also pass absolute poses (``world_from_context @ c2w``).
+    """
+    novel_images = torch.cat([views.target.images[:, 1:], views.novel.images], dim=1)
+    novel_c2w = torch.cat([views.target.c2w[:, 1:], views.novel.c2w], dim=1)
+    novel_k = torch.cat([views.target.intrinsics[:, 1:], views.novel.intrinsics], dim=1)
+    has_novel = novel_images.shape[1] > 0
+    world = views.world_from_context[:, None]
+    return make_scene_batch(
+        context_images=views.context.images,
+        context_c2w=views.context.c2w,
+        context_intrinsics=views.context.intrinsics,
+        target_image=views.target.images[:, 0],
+        target_c2w=views.target.c2w[:, 0],
+        target_intrinsics=views.target.intrinsics[:, 0],
+        novel_images=novel_images if has_novel else None,
+        novel_c2w=novel_c2w if has_novel else None,
+        novel_intrinsics=novel_k if has_novel else None,
+        near=views.near,
+        far=views.far,
+        patch_size=patch_size,
+        context_absolute_c2w=(world @ views.context.c2w) if absolute_pose else None,
+        target_absolute_c2w=(world[:, 0] @ views.target.c2w[:, 0]) if absolute_pose else None,
+    )
+
+
+class SceneTrainingSet(Dataset):
+    """dfm-data views as 3D-model training items (``DFMBatch`` with B = 1).
+
+    Args:
+        views: a map-style dataset of ``ViewBatch`` items (B = 1).
+        patch_size: side of the loss patches.
+        absolute_pose: pass absolute poses (presets whose encoder conditions on them).
+    """
+
+    def __init__(self, views: Dataset, *, patch_size: int | None, absolute_pose: bool = False):
+        self.views = views
+        self.patch_size = patch_size
+        self.absolute_pose = absolute_pose
+
+    def __len__(self) -> int:
+        return len(self.views)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to the wrapped dataset (its frame choice depends on the epoch)."""
+        set_epoch = getattr(self.views, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> DFMBatch:
+        return scene_batch_from_views(
+            self.views[index], patch_size=self.patch_size, absolute_pose=self.absolute_pose
+        )
+
+
+def collate_scene_batches(items: list[DFMBatch]) -> DFMBatch:
+    """Concatenate B = 1 items along the batch (the trainer's ``collate_fn``)."""
+    return tree_cat(items)
+
+
+def ensure_world(root: Path, world: WorldConfig, *, seed: int, categories: list[str]) -> Path:
+    """Write the objects world to ``root`` unless it is there already (marker file last)."""
+    marker = root / "category_to_subset_name_list.json"
+    if marker.is_file():
+        return root
+    from dfm_data.worlds.objects import ObjectsWorldConfig, synthesize_objects
+
+    synthesize_objects(
+        root,
+        ObjectsWorldConfig(
+            n_sequences=world.n_sequences,
+            n_frames=world.n_frames,
+            image_size_hw=(world.size, world.size),
+            categories=tuple(categories),
+            seed=seed,
+        ),
+    )
+    return root
+
+
+def _views_dataset(config: ScenesConfig, root: Path, split: str, num_novel: int) -> Any:
+    from dfm_data import CO3DConfig, FrameSamplingConfig
+
+    model = config.model
+    return CO3DConfig(
+        root=str(root),
+        categories=tuple(config.data.categories),
+        split=split,  # type: ignore[arg-type]
+        image_size=model.image_size,
+        sampling=FrameSamplingConfig(
+            num_context=model.num_context,
+            num_target=1,
+            num_novel=num_novel,
+            min_gap=config.data.min_gap,
+            max_gap=config.data.max_gap,
+        ),
+        near=model.near,
+        far=model.far,
+        progress=False,
+    ).build()
+
+
+def training_set(config: ScenesConfig) -> SceneTrainingSet:
+    """The training items of a config, synthesizing the objects world if asked to."""
+    root = Path(config.data.root)
+    if config.data.synthesize:
+        ensure_world(
+            root, config.data.world, seed=config.data.world.seed, categories=config.data.categories
+        )
+    views = _views_dataset(config, root, "train", config.data.num_novel)
+    return SceneTrainingSet(
+        views, patch_size=config.model.patch_size, absolute_pose=config.model.encoder.absolute_pose
+    )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class Trained:
+    """The EMA models after training and the steps they were trained for."""
+
+    diffusion: ForwardDiffusion
+    baseline: PixelNeRFBaseline
+    dfm_step: int
+    baseline_step: int
+    resumed_from: int | None
+
+
+def _set_threads(config: ScenesConfig) -> None:
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+
+
+def build_models(config: ScenesConfig) -> tuple[ForwardDiffusion, PixelNeRFBaseline]:
+    """DFM and the baseline, initial weights seeded from ``trainer.seed``."""
+    torch.manual_seed(config.trainer.seed)
+    diffusion = config.model.build()
+    baseline = config.model.build_baseline()
+    return diffusion, baseline
+
+
+def train(config: ScenesConfig, run_dir: Path, *, run_config: dict[str, Any]) -> Trained:
+    """Train (or resume) the baseline, then DFM (initialised from it on a fresh run)."""
+    _set_threads(config)
+    dataset = training_set(config)
+    diffusion, baseline = build_models(config)
+    base_trainer = Trainer(
+        baseline,
+        dataset,
+        dataclasses.replace(config.trainer, max_steps=config.baseline_steps),
+        run_dir=run_dir / BASELINE_DIR,
+        collate_fn=collate_scene_batches,
+        run_config=run_config,
+    )
+    base_trainer.resume()
+    base_trainer.train()
+    fresh = not list_checkpoints(run_dir / "checkpoints")
+    if fresh and config.init_from_baseline:
+        load_baseline_into(diffusion.predictor, base_trainer.ema_model().state_dict())
+    dfm_trainer = Trainer(
+        diffusion,
+        dataset,
+        config.trainer,
+        run_dir=run_dir,
+        collate_fn=collate_scene_batches,
+        run_config=run_config,
+    )
+    resumed = dfm_trainer.resume()
+    dfm_trainer.train()
+    result = Trained(
+        diffusion=dfm_trainer.ema_model(),  # type: ignore[arg-type]
+        baseline=base_trainer.ema_model(),  # type: ignore[arg-type]
+        dfm_step=dfm_trainer.step,
+        baseline_step=base_trainer.step,
+        resumed_from=resumed,
+    )
+    dfm_trainer.close()
+    return result
+
+
+def _newest(run_dir: Path) -> tuple[int, Path]:
+    found = list_checkpoints(run_dir / "checkpoints")
+    if not found:
+        raise CheckpointError(f"{run_dir / 'checkpoints'}: no complete checkpoint")
+    return found[-1]
+
+
+def load_models(config: ScenesConfig, run_dir: Path) -> Trained:
+    """The EMA weights of a run's newest complete checkpoints, on the CPU, in eval mode.
+
+    Raises:
+        CheckpointError: the run (or its baseline) has no complete checkpoint yet.
+    """
+    diffusion, baseline = build_models(config)
+    dfm_step, dfm_path = _newest(run_dir)
+    base_step, base_path = _newest(run_dir / BASELINE_DIR)
+    diffusion.load_state_dict(load_weights(dfm_path, ema=True)[0])
+    baseline.load_state_dict(load_weights(base_path, ema=True)[0])
+    return Trained(diffusion.eval(), baseline.eval(), dfm_step, base_step, None)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_scenes(
+    diffusion: ForwardDiffusion,
+    batch: DFMBatch,
+    *,
+    num_samples: int,
+    seeds: list[int],
+    steps: int = 50,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    callback: Any = None,
+) -> Any:
+    """K scenes per input in one batched call, each sample with its own seed.
+
+    Args:
+        diffusion: the trained model (eval mode).
+        batch: B inputs (context views and the target camera).
+        num_samples: K.
+        seeds: B * K seeds, sample ``b * K + k``'s seed at that position: a sample depends
+            on its seed and input, not on its position in the batch.
+
+    Returns:
+        ``SampleOutput``: observation (B*K, 3, H, W) at the target camera and the signal, a
+        ``SceneField`` batched B*K (input-major) that renders at any camera.
+    """
+    repeat = torch.arange(batch.target.shape[0]).repeat_interleave(num_samples)
+    context, target = tree_index(batch.context, repeat), tree_index(batch.target_params, repeat)
+    if len(seeds) != len(repeat):
+        raise ValueError(f"seeds: expected {len(repeat)} (B * K), got {len(seeds)}")
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    with torch.no_grad():
+        condition = diffusion.condition(context, target)
+        if guidance_scale != 1.0:
+            null = diffusion.condition(context, target, drop=True)
+            denoiser = classifier_free_guidance(diffusion.denoise, condition, null, guidance_scale)
+        else:
+            denoiser = diffusion.denoiser(condition)
+        return sample_ddim(
+            denoiser,
+            diffusion.schedule,
+            (len(repeat), *batch.target.shape[1:]),
+            steps=steps,
+            generator=generators,
+            temperature=temperature,
+            callback=callback,
+        )
+
+
+def render_at(renderer: VolumeRenderer, scene: Any, camera: Camera) -> Any:
+    """Render a batched scene at a camera without gradients."""
+    with torch.no_grad():
+        return renderer.eval()(scene, camera)
+
+
+def camera_like(template: Camera, c2w: torch.Tensor, intrinsics: torch.Tensor) -> Camera:
+    """``template``'s planes (of its first sample) and image size at other poses (B, [N,] 4, 4)."""
+    batch = c2w.shape[0]
+    near = template.near[:1].expand(batch)
+    far = template.far[:1].expand(batch)
+    return Camera(c2w, intrinsics, near, far, template.height, template.width)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _chi_squared_uniform(counts: np.ndarray) -> tuple[float, float]:
+    """Pearson's chi-squared statistic of counts against uniform, and its p-value."""
+    from scipy.stats import chisquare
+
+    if counts.sum() == 0:
+        return float("nan"), float("nan")
+    result = chisquare(counts)
+    return float(result.statistic), float(result.pvalue)
+
+
+@dataclass
+class Evaluation:
+    """Scores and files of one evaluation."""
+
+    scores: dict[str, float]
+    files: dict[str, Path]
+
+    def scores_dict(self) -> dict[str, float]:
+        return dict(self.scores)
+
+
+def palette_candidates(views: Any, truth: dict, index: int, item: Any) -> tuple:
+    """The exact target view of object ``index`` painted with each palette colour in turn.
+
+    The hidden back of an object of the objects world is one palette colour; rendering the
+    true scene with each colour gives what every hypothesis looks like under the true shading.
+
+    Args:
+        views: the ``CO3DDataset`` over the objects world.
+        truth: its ``synthetic_ground_truth.json``.
+        index: sequence index.
+        item: ``views.views_at(index, ...)``; its target view 0 is rendered.
+
+    Returns:
+        candidates (P, 3, H, W) in [0, 1] at the model's image size, and hidden (H, W) bool:
+        the pixels that show the hidden back (more than 90 % of their area).
+    """
+    from dfm_data.worlds.objects import ObjectScene, render_object_scene
+    from dfm_data.worlds.raycast import box_downsample
+
+    name = views.sequences[index][1]
+    record = truth["sequences"][name]
+    # The loader's poses are scaled so the object sits mean_depth_scale away; undo it.
+    c2w = (item.world_from_context[0] @ item.target.c2w[0, 0]).double().numpy()
+    c2w[:3, 3] *= (views.scales.get(name) or 1.0) / views.config.mean_depth_scale
+    scene = ObjectScene.from_json(record["scene"])
+    h, w = record["image_size_hw"]
+    factor = h // views.config.image_size
+    renders, hidden = [], None
+    for colour in truth["palette"]:
+        painted = dataclasses.replace(scene, hidden_colour=tuple(colour))
+        out = render_object_scene(painted, c2w, np.asarray(record["intrinsics_px"]), h, w, 2)
+        renders.append(box_downsample(out["rgb"], factor))
+        hidden = box_downsample(out["hidden"], factor)
+    candidates = torch.from_numpy(np.stack(renders)).permute(0, 3, 1, 2).float()
+    return candidates, torch.from_numpy(hidden > 0.9)
+
+
+def palette_distances(
+    images: torch.Tensor, candidates: torch.Tensor, hidden: torch.Tensor
+) -> torch.Tensor:
+    """RMS distance over the hidden pixels of each image (N, 3, H, W) in [0, 1] to each
+    candidate (P, 3, H, W): (N, P)."""
+    diff = (images[:, None] - candidates[None]) ** 2  # (N, P, 3, H, W)
+    return diff[..., hidden].mean(dim=(2, 3)).sqrt()
+
+
+def classify_backs(
+    images: torch.Tensor, candidates: torch.Tensor, hidden: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which palette colour each back shows, if any (see ``palette_margin``).
+
+    Returns:
+        nearest (N,) candidate index, real (N,) bool (close enough to count), and the
+        distance (N,) to the nearest candidate.
+    """
+    distances = palette_distances(images, candidates, hidden)  # (N, P)
+    best, nearest = distances.min(dim=1)
+    between = palette_distances(candidates, candidates, hidden)  # (P, P)
+    between.fill_diagonal_(float("inf"))
+    separation = between.min(dim=1).values[nearest]  # (N,)
+    return nearest, best <= margin * separation, best
+
+
+def evaluate(
+    config: ScenesConfig,
+    trained: Trained,
+    out_dir: Path,
+    *,
+    run_dir: Path | None = None,
+    config_yaml: str = "",
+) -> Evaluation:
+    """Sample K scenes for held-out objects from their front view; score; write media + report."""
+    from dfm_apps import media, report
+    from dfm_apps.image_metrics import psnr, ssim
+
+    _set_threads(config)
+    ev = config.evaluation
+    out_dir = Path(out_dir)
+    root = Path(config.data.root).with_name(
+        Path(config.data.root).name + f"-heldout-{ev.world_seed}"
+    )
+    # Objects of the world's "train" split are used (3/5 of them: size the world to fit).
+    world = dataclasses.replace(config.data.world, n_sequences=math.ceil(ev.num_scenes / 0.6) + 2)
+    ensure_world(root, world, seed=ev.world_seed, categories=config.data.categories[:1])
+    views = _views_dataset(config, root, "train", 0)
+    truth = json.loads(
+        (root / config.data.categories[0] / "synthetic_ground_truth.json").read_text()
+    )
+    frames = config.data.world.n_frames
+    visible = [f for f in range(1, frames) if min(f, frames - f) * 360.0 / frames <= 30.0]
+    back = frames // 2
+    diffusion, baseline = trained.diffusion.eval(), trained.baseline.eval()
+    renderer = VolumeRenderer(config.model.renderer).eval()
+    k = ev.num_samples
+    size = config.model.image_size
+    palette_counts = np.zeros(len(truth["palette"]), dtype=np.int64)
+    stats: dict[str, list[float]] = {
+        "dfm_visible_psnr": [], "dfm_visible_ssim": [], "baseline_visible_psnr": [],
+        "baseline_visible_ssim": [], "real_colour": [], "distinct": [], "baseline_real_colour": [],
+        "dfm_back_rmse_best": [],
+    }  # fmt: skip
+    files: dict[str, Path] = {}
+    pictures: list[tuple[str, np.ndarray]] = []
+    count = min(ev.num_scenes, len(views))
+    for index in media.progress(range(count), desc="held-out objects"):
+        name = views.sequences[index][1]
+        item = views.views_at(index, [0], [back], visible + list(range(frames)))
+        batch = scene_batch_from_views(item, patch_size=None, absolute_pose=False)
+        seeds = [ev.seed * 1000 + index * k + j for j in range(k)]
+        out = sample_scenes(
+            diffusion, batch, num_samples=k, seeds=seeds, steps=ev.steps,
+            guidance_scale=ev.guidance_scale, temperature=ev.temperature,
+        )  # fmt: skip
+        scene_k = out.signal
+        with torch.no_grad():
+            base_scene = baseline.scene(batch.context)
+        novel = item.novel
+        n_visible = len(visible)
+        vis_c2w, vis_k = novel.c2w[:, :n_visible], novel.intrinsics[:, :n_visible]
+        truth_visible = (novel.images[0, :n_visible] + 1) / 2
+        dfm_vis = render_at(
+            renderer,
+            scene_k,
+            camera_like(
+                batch.target_params, vis_c2w.expand(k, -1, -1, -1), vis_k.expand(k, -1, -1, -1)
+            ),
+        )
+        base_vis = render_at(renderer, base_scene, camera_like(batch.target_params, vis_c2w, vis_k))
+        for j in range(k):
+            pred = (dfm_vis.observation[j] + 1) / 2
+            stats["dfm_visible_psnr"].append(float(psnr(pred, truth_visible).mean()))
+            stats["dfm_visible_ssim"].append(float(ssim(pred, truth_visible).mean()))
+        pred = (base_vis.observation[0] + 1) / 2
+        stats["baseline_visible_psnr"].append(float(psnr(pred, truth_visible).mean()))
+        stats["baseline_visible_ssim"].append(float(ssim(pred, truth_visible).mean()))
+        # Hidden side: the back view of each sample against the repainted truths.
+        candidates, hidden = palette_candidates(views, truth, index, item)
+        backs = (out.observation.clamp(-1, 1) + 1) / 2  # (K, 3, H, W): the target is the back
+        nearest, real, best = classify_backs(backs, candidates, hidden, ev.palette_margin)
+        stats["dfm_back_rmse_best"] += best.tolist()
+        stats["real_colour"] += real.float().tolist()
+        stats["distinct"].append(float(len(set(nearest[real].tolist()))))
+        palette_counts += np.bincount(nearest[real].numpy(), minlength=len(palette_counts))
+        base_back = render_at(renderer, base_scene, batch.target_params)
+        base_rgb = (base_back.observation.clamp(-1, 1) + 1) / 2
+        _, base_real, _ = classify_backs(base_rgb, candidates, hidden, ev.palette_margin)
+        stats["baseline_real_colour"].append(float(base_real[0]))
+        # Pictures: input, true back, baseline back, K sample backs.
+        true_back = (item.target.images[0, 0] + 1) / 2
+        row = [_uint8(batch.context.observation[0] )[0], _uint8(true_back[None] * 2 - 1)[0],
+               _uint8(base_back.observation)[0], *_uint8(out.observation)]  # fmt: skip
+        pictures.append((name, np.stack(row)))
+        if ev.videos:
+            all_c2w, all_k = novel.c2w[:, n_visible:], novel.intrinsics[:, n_visible:]
+            for label, scene, count_k in (("dfm", scene_k, k), ("baseline", base_scene, 1)):
+                cams = camera_like(
+                    batch.target_params,
+                    all_c2w.expand(count_k, -1, -1, -1),
+                    all_k.expand(count_k, -1, -1, -1),
+                )
+                turn = render_at(renderer, scene, cams)  # (n, F, 3, H, W)
+                rgb = turn.observation.permute(1, 0, 3, 4, 2).reshape(frames, size, -1, 3)
+                depth = turn.depth[:, :, 0].permute(1, 2, 0, 3).reshape(frames, size, -1)
+                rgb_frames = media.to_uint8_frames((rgb.clamp(-1, 1) + 1) / 2)
+                depth_frames = media.colorize_depth(
+                    depth, vmin=config.model.near, vmax=config.model.far
+                )
+                for kind, frames_ in (("turntable", rgb_frames), ("depth", depth_frames)):
+                    for suffix in (".mp4", ".gif"):
+                        path = out_dir / "scenes" / name / f"{label}-{kind}{suffix}"
+                        media.write_video(path, frames_, fps=12)
+                        files[f"{name} {label} {kind}{suffix}"] = path
+    grid = media.image_grid(
+        [img for _, row in pictures for img in row],
+        ncols=3 + k,
+        captions=[
+            c
+            for _ in pictures
+            for c in ["input", "true back", "baseline", *[f"sample {j}" for j in range(k)]]
+        ],
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(grid).save(out_dir / "backs.png")
+    files["backs"] = out_dir / "backs.png"
+    chi2, p = _chi_squared_uniform(palette_counts)
+    scores = {
+        key: float(np.mean(values)) if values else float("nan") for key, values in stats.items()
+    }
+    scores |= {
+        "palette_chi2": chi2,
+        "palette_p": p,
+        "num_objects": float(count),
+        "num_samples": float(k),
+    }
+    scores["palette_counts"] = palette_counts.tolist()  # type: ignore[assignment]
+    (out_dir / "scores.json").write_text(json.dumps(scores, indent=1))
+    files["scores"] = out_dir / "scores.json"
+    html = report.render_page(
+        title=f"DFM inverse graphics: {config.name}",
+        summary=(
+            f"DFM ({trained.dfm_step} steps) and the pixelNeRF baseline ({trained.baseline_step} "
+            f"steps), given only the front view of {count} held-out objects (world seed "
+            f"{ev.world_seed}); {k} samples each, DDIM {ev.steps} steps."
+        ),
+        tables=[_score_table(scores)],
+        images={"input, true back, baseline back, sampled backs": out_dir / "backs.png"},
+        videos={label: path for label, path in files.items() if label.endswith(".mp4")},
+        config_yaml=config_yaml,
+        base=out_dir,
+    )
+    (out_dir / "report.html").write_text(html)
+    files["report"] = out_dir / "report.html"
+    return Evaluation(scores=scores, files=files)
+
+
+def _score_table(scores: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    def f(key: str, digits: int = 2) -> str:
+        value = scores.get(key, float("nan"))
+        return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
+
+    rows = [
+        ["visible side PSNR (dB), +-30 deg", f("dfm_visible_psnr"), f("baseline_visible_psnr")],
+        ["visible side SSIM", f("dfm_visible_ssim", 3), f("baseline_visible_ssim", 3)],
+        ["backs that are a palette colour", f("real_colour"), f("baseline_real_colour")],
+        ["distinct colours among the K samples", f("distinct"), "1 at most"],
+        ["chi-squared p of pooled colours vs uniform", f("palette_p", 3), ""],
+    ]
+    return ("scores", ["", "DFM", "baseline"], rows)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))

@@ -1,0 +1,110 @@
+"""The inverse-graphics application: data adapter, hidden-side oracle, and `dfm train objects-demo`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfm_apps import scenes
+from dfm_apps.cli import main
+
+TINY = [
+    "data.world.n_sequences=6",
+    "data.world.n_frames=12",
+    "data.world.size=16",
+    "data.min_gap=2",
+    "data.max_gap=6",
+    "model.image_size=16",
+    "model.patch_size=4",
+    "trainer.max_steps=2",
+    "trainer.batch_size=2",
+    "baseline_steps=2",
+    "evaluation.num_scenes=1",
+    "evaluation.num_samples=2",
+    "evaluation.steps=2",
+    "num_threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A small objects world (64^2 frames, as the demo's) and its loader at the 32^2 model size."""
+    root = tmp_path_factory.mktemp("objects") / "world"
+    config = scenes.ScenesConfig()
+    config.data.root = str(root)
+    config.data.world = scenes.WorldConfig(n_sequences=5, n_frames=8, size=64, seed=3)
+    scenes.ensure_world(root, config.data.world, seed=3, categories=["orb"])
+    views = scenes._views_dataset(config, root, "train", 1)
+    truth = json.loads((root / "orb" / "synthetic_ground_truth.json").read_text())
+    return config, views, truth
+
+
+def test_views_become_a_patch_batch_for_the_3d_model(world):
+    config, views, _ = world
+    items = scenes.SceneTrainingSet(views, patch_size=config.model.patch_size)
+    batch = scenes.collate_scene_batches([items[0], items[1]])
+    size, patch = config.model.image_size, config.model.patch_size
+    assert batch.context.observation.shape == (2, 1, 3, size, size)
+    assert batch.target.shape == (2, 3, size, size)
+    assert batch.target_loss_observation.shape == (2, 3, patch, patch)
+    assert batch.novel.shape == (2, 1, 3, patch, patch)
+    # The loss patch is the target image at the patch origin.
+    origin = batch.target_loss_params.patch_origin
+    for b in range(2):
+        i, j = origin[b].tolist()
+        expected = batch.target[b, :, i : i + patch, j : j + patch]
+        assert torch.equal(batch.target_loss_observation[b], expected)
+    # Context view 0 is the reference frame.
+    torch.testing.assert_close(batch.context.params.c2w[:, 0], torch.eye(4).expand(2, 4, 4))
+
+
+def test_the_hidden_side_oracle_recognises_the_true_back_colour(world):
+    """The repainted exact renders agree with the loader's image only for the true colour."""
+    config, views, truth = world
+    back = 4  # half of the 8-frame orbit: the view from behind
+    for index in range(len(views)):
+        name = views.sequences[index][1]
+        item = views.views_at(index, [0], [back])
+        candidates, hidden = scenes.palette_candidates(views, truth, index, item)
+        assert hidden.sum() > 10  # the back view shows the hidden half
+        image = (item.target.images[:, 0] + 1) / 2
+        true_index = truth["sequences"][name]["hidden_index"]
+        margin = config.evaluation.palette_margin
+        nearest, real, _ = scenes.classify_backs(image, candidates, hidden, margin)
+        assert nearest.item() == true_index and real.item()
+        # An even blend of the true colour and another is close to both, and counts as neither.
+        other = (true_index + 1) % len(candidates)
+        blend = (candidates[true_index] + candidates[other])[None] / 2
+        _, blend_real, _ = scenes.classify_backs(blend, candidates, hidden, margin)
+        assert not blend_real.item()
+    # The front view shows no hidden pixel (that is the ambiguity).
+    item = views.views_at(0, [0], [0])
+    _, hidden = scenes.palette_candidates(views, truth, 0, item)
+    assert hidden.sum() == 0
+
+
+def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "demo"
+    status = main(["train", "objects-demo", "--run-dir", str(run), "data.root=data/w", *TINY])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "dfm_visible_psnr" in printed and "real_colour" in printed
+    scores = json.loads((run / "scores.json").read_text())
+    for key in ("dfm_visible_psnr", "baseline_visible_psnr", "real_colour", "distinct"):
+        assert isinstance(scores[key], float)
+    assert (run / "checkpoints").is_dir() and (run / "baseline" / "checkpoints").is_dir()
+    report = (run / "report.html").read_text()
+    videos = re.findall(r'<video[^>]*src="([^"]+)"', report)
+    assert videos and all((run / Path(v)).is_file() for v in videos)
+    assert (run / "backs.png").is_file()
+    # A second run on the same directory resumes instead of training again.
+    status = main(
+        ["train", "objects-demo", "--run-dir", str(run), "--resume", "data.root=data/w", *TINY]
+    )
+    assert status == 0
+    assert "resumed from step 2" in capsys.readouterr().out
