@@ -108,8 +108,8 @@ class CheckpointWriteError(CheckpointError, OSError):
 
     def __init__(self, error_number: int | None, message: str) -> None:
         RuntimeError.__init__(self, message)
-        self.errno = error_number  # type: ignore[misc]
-        self.strerror = message  # type: ignore[misc]
+        self.errno = error_number
+        self.strerror = message
 
     def __str__(self) -> str:
         return str(self.args[0])
