@@ -47,7 +47,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import submitit
 from submitit.helpers import DelayedSubmission
@@ -148,7 +148,7 @@ def _stop_on_requeue_signal(job_env: Any) -> contextlib.AbstractContextManager[N
     return graceful_stop((_requeue_signal(job_env),))
 
 
-def _requeue(job_env: Any, stop: TrainingInterrupted) -> None:
+def _requeue(job_env: Any, stop: TrainingInterrupted) -> NoReturn:
     """After the trainer saved on submitit's signal: requeue as submitit would have.
 
     submitit's handler (restored by ``graceful_stop`` on exit) checkpoints and requeues
