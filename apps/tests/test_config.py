@@ -84,6 +84,7 @@ def test_overrides_apply_wherever_they_sit(capsys: pytest.CaptureFixture[str]) -
         (["demo", "schedule.name=quadratic"], ["schedule.name", "cosine", "linear", "sigmoid"]),
         (["demo", "schedule.num_timesteps=1"], ["schedule.num_timesteps", ">= 2"]),
         (["demo", "data.batch_size=0"], ["data.batch_size", ">= 1"]),
+        (["demo", "trainer.device=gpu"], ["TrainerConfig.device", "cuda:N", "'gpu'"]),
     ],
 )
 def test_bad_input_gives_a_clear_error(

@@ -269,8 +269,12 @@ def test_cuda_device_without_cuda_is_a_clear_error(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"device='cuda' but CUDA is not available"):
         Trainer(NoisyRegressor(), IndexDataset(), _config(device="cuda"), run_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"TrainerConfig\.device must be cpu, cuda.*'gpu'"):
+        _config(device="gpu")  # the form is checked by the config itself (--dry-run)
+    cfg = _config()
+    cfg.device = "gpu"  # set after validation: the Trainer checks again
     with pytest.raises(ValueError, match=r"'gpu' is not a device"):
-        Trainer(NoisyRegressor(), IndexDataset(), _config(device="gpu"), run_dir=tmp_path)
+        Trainer(NoisyRegressor(), IndexDataset(), cfg, run_dir=tmp_path)
 
 
 def _ddp_signal_worker(rank: int, out: Path, port: int) -> None:

@@ -188,6 +188,15 @@ class TrainerConfig:
             raise ValueError(
                 f"TrainerConfig.keep_last must be >= 1 or None, got {self.keep_last!r}"
             )
+        if self.device is not None:
+            # The form only: whether CUDA exists is checked when the Trainer is built, so
+            # a config for a GPU job validates on a login node without one.
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(
+                    f"TrainerConfig.device must be cpu, cuda, cuda:N or None, got {self.device!r}"
+                ) from error
 
     def build(
         self,
