@@ -239,6 +239,40 @@ def test_sampler_contract_on_the_3d_denoiser():
     torch.testing.assert_close(swapped.observation, out.observation[swap], rtol=0, atol=1e-5)
 
 
+def test_cached_context_activations_change_nothing_and_are_used():
+    """Sampling with the context views' coarse activations cached equals sampling without."""
+    cfg = tiny_config()
+    batch = toy_batch(cfg, contexts=2)
+    outputs, views_evaluated = [], []
+    for cache in (False, True):
+        renderer = dataclasses.replace(cfg.renderer, cache_context=cache)
+        model = dataclasses.replace(cfg, renderer=renderer, num_context=2).build().eval()
+        torch.manual_seed(0)
+        randomise(model.predictor)
+        seen: list[int] = []
+        per_view = model.predictor.field.per_view
+
+        def counting(points, maps, *args, per_view=per_view, seen=seen):
+            seen.append(maps.shape[1])
+            return per_view(points, maps, *args)
+
+        model.predictor.field.per_view = counting
+        with torch.no_grad():
+            condition = model.condition(batch.context, batch.target_params)
+            assert (condition.context.cache is not None) == cache
+            gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+            out = sample_ddim(
+                model.denoiser(condition), model.schedule, batch.target.shape, steps=2, generator=gens
+            )
+        outputs.append(out.observation)
+        views_evaluated.append(seen)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-5)
+    # Without the cache every render evaluates all 3 views; with it, the coarse pass of each
+    # step evaluates only the target view (the 2 context views were done once, up front).
+    assert set(views_evaluated[0]) == {3}
+    assert 1 in views_evaluated[1] and views_evaluated[1][0] == 2
+
+
 def test_det_loss_ignores_samples_whose_context_was_dropped():
     target = torch.zeros(3, 3, 4, 4)
     det = torch.stack([torch.full((3, 4, 4), v) for v in (1.0, 2.0, 3.0)])

@@ -19,7 +19,6 @@ Shapes: B batch, V views, P points, C_in encoder feature channels, W field width
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +151,30 @@ class RadianceFieldMLP(nn.Module):
         return emb.reshape(*t.shape, -1)
 
     # ---- per batch of points -----------------------------------------------------------
+    def per_view(
+        self,
+        points: Tensor,
+        projected_maps: Tensor,
+        c2w: Tensor,
+        intrinsics: Tensor,
+        time_embedding: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The per-view part: the blocks before the mean over views.
+
+        Args: as ``forward``.
+
+        Returns:
+            hidden (B, V, P, W) and valid (B, V, P) (the view sees the point).
+        """
+        projection = project_points(points, c2w, intrinsics)  # uv (B,V,P,2), depth (B,V,P)
+        sampled, valid = sample_pixel_features(projected_maps, projection.uv, projection.depth)
+        # (B, V, P, W) per-view input: W_p PE(x_cam) + sample(W_f F, uv) [+ bias].
+        h = self.lin_pos(self.encoding(projection.points)) + sampled
+        per_view_time = time_embedding[:, :, None, :]  # (B, V, 1, T)
+        for block in self.blocks[: self.config.combine_layer]:
+            h = block(h, per_view_time)
+        return h, valid
+
     def forward(
         self,
         points: Tensor,
@@ -159,6 +182,8 @@ class RadianceFieldMLP(nn.Module):
         c2w: Tensor,
         intrinsics: Tensor,
         time_embedding: Tensor,
+        *,
+        cached: tuple[Tensor, Tensor] | None = None,
     ) -> FieldOutput:
         """Evaluate the field at world points.
 
@@ -169,18 +194,28 @@ class RadianceFieldMLP(nn.Module):
             intrinsics: (B, V, 3, 3) normalised intrinsics of each view.
             time_embedding: (B, V, T) from ``time_embedding``; the last view's conditions
                 the blocks after the mean over views (DFM: the noisy target view).
+            cached: ``per_view`` outputs (hidden (B, Vc, P, W), valid (B, Vc, P)) already
+                computed for the first Vc views at these points (views whose features and
+                time do not change between calls, e.g. the context views while sampling);
+                only the remaining views are evaluated.
 
         Returns:
             ``FieldOutput`` for the P points.
         """
         cfg = self.config
-        projection = project_points(points, c2w, intrinsics)  # uv (B,V,P,2), depth (B,V,P)
-        sampled, valid = sample_pixel_features(projected_maps, projection.uv, projection.depth)
-        # (B, V, P, W) per-view input: W_p PE(x_cam) + sample(W_f F, uv) [+ bias].
-        h = self.lin_pos(self.encoding(projection.points)) + sampled
-        per_view_time = time_embedding[:, :, None, :]  # (B, V, 1, T)
-        for block in self.blocks[: cfg.combine_layer]:
-            h = block(h, per_view_time)
+        if cached is None:
+            h, valid = self.per_view(points, projected_maps, c2w, intrinsics, time_embedding)
+        else:
+            done = cached[0].shape[1]
+            h_new, valid_new = self.per_view(
+                points,
+                projected_maps[:, done:],
+                c2w[:, done:],
+                intrinsics[:, done:],
+                time_embedding[:, done:],
+            )
+            h = torch.cat([cached[0].to(h_new.dtype), h_new], dim=1)
+            valid = torch.cat([cached[1], valid_new], dim=1)
         # Mean over the views that see the point (the original averages every view, seen or
         # not, because it border-pads); a point no view sees keeps the plain mean.
         weight = valid.to(h.dtype)[..., None]  # (B, V, P, 1)
@@ -197,12 +232,3 @@ class RadianceFieldMLP(nn.Module):
         features = out[..., 4:] if cfg.output_features else None
         return FieldOutput(density=density, rgb=rgb, features=features)
 
-
-def field_input_dim(config: FieldConfig) -> int:
-    """Width of the original's concatenated first-layer input: PE dims + C_in."""
-    return 3 * (1 + 2 * config.num_freqs) + config.feature_channels
-
-
-def with_output_features(config: FieldConfig, output_features: int) -> FieldConfig:
-    """A copy of ``config`` with another number of extra output channels."""
-    return dataclasses.replace(config, output_features=output_features)

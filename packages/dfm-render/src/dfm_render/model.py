@@ -43,7 +43,14 @@ from dfm_core.diffusion import Context, DFMBatch
 from dfm_render.cameras import crop_patches, random_patch_origins
 from dfm_render.encoder import EncoderConfig, ImageEncoder
 from dfm_render.field import FieldConfig
-from dfm_render.renderer import Camera, RendererConfig, SceneField, SceneRendering, VolumeRenderer
+from dfm_render.renderer import (
+    Camera,
+    CoarseCache,
+    RendererConfig,
+    SceneField,
+    SceneRendering,
+    VolumeRenderer,
+)
 
 __all__ = [
     "PixelNeRFBaseline",
@@ -77,12 +84,15 @@ class SceneCondition:
         context_c2w: (B, Nc, 4, 4).
         context_intrinsics: (B, Nc, 3, 3).
         det: O_det, the context-only field rendered at the target camera (full image).
+        cache: while sampling, the context views' activations at the target camera's coarse
+            samples (``CoarseCache``), reused by every denoising step; None in training.
     """
 
     context_maps: Tensor
     context_c2w: Tensor
     context_intrinsics: Tensor
     det: SceneRendering
+    cache: CoarseCache | None = None
 
 
 def _context_features(encoder: ImageEncoder, context: Context) -> Tensor:
@@ -120,7 +130,8 @@ class ScenePredictor(nn.Module):
             ``det_features`` channels).
         det_samples: samples per ray of O_det (uniform, no importance pass; 64 on CO3D).
         det_features: feature channels O_det renders (64 in the paper).
-        renderer: ray sampling of O_det (``num_coarse``/``num_fine`` are overridden).
+        renderer: ray sampling of the denoiser's renders (the forward model's config; O_det
+            uses it with ``det_samples`` and no fine pass).
     """
 
     def __init__(
@@ -141,6 +152,8 @@ class ScenePredictor(nn.Module):
         self.det_renderer = VolumeRenderer(
             dataclasses.replace(renderer, num_coarse=det_samples, num_fine=0)
         )
+        # The forward model's sampling, to place the cached context activations exactly.
+        self.renderer = VolumeRenderer(renderer)
 
     def encode_condition(self, context: Context, target: Camera) -> SceneCondition:
         """Context features and O_det, once per sample (dfm-core's ``encode_condition``).
@@ -166,11 +179,41 @@ class ScenePredictor(nn.Module):
             mlp=self.det_field,
         )
         det = self.det_renderer(det_scene, target.full_image())
+        context_maps = joint_maps.reshape(batch, views, *joint_maps.shape[1:])
+        cache = None
+        if not self.training and self.renderer.config.cache_context:
+            cache = self._context_cache(context_maps, camera, target.full_image())
         return SceneCondition(
-            context_maps=joint_maps.reshape(batch, views, *joint_maps.shape[1:]),
+            context_maps=context_maps,
             context_c2w=camera.c2w,
             context_intrinsics=camera.intrinsics,
             det=det,
+            cache=cache,
+        )
+
+    def _context_cache(self, maps: Tensor, context: Camera, target: Camera) -> CoarseCache:
+        """The context views' per-view activations at the target's coarse samples."""
+        renderer = self.renderer  # in eval mode with the predictor: no jitter
+        origins, directions, _, _, _ = renderer.rays(target)  # (B, R, 3)
+        batch, rays = origins.shape[:2]
+        times = torch.zeros(batch, maps.shape[1], device=maps.device, dtype=maps.dtype)
+        time_embedding = self.field.time_embedding(times)
+        hidden, valid = [], []
+        for start in range(0, rays, renderer.config.chunk):
+            o = origins[:, start : start + renderer.config.chunk]
+            d = directions[:, start : start + renderer.config.chunk]
+            t = renderer.coarse_depths(target.near, target.far, o.shape[1]).to(o)  # (B, r, Sc)
+            points = o[:, :, None] + t[..., None] * d[:, :, None]  # (B, r, Sc, 3)
+            h, v = self.field.per_view(
+                points.reshape(batch, -1, 3), maps, context.c2w, context.intrinsics, time_embedding
+            )  # (B, Vc, r*Sc, W), (B, Vc, r*Sc)
+            hidden.append(h.reshape(*h.shape[:2], *t.shape[1:], -1))
+            valid.append(v.reshape(*v.shape[:2], *t.shape[1:]))
+        return CoarseCache(
+            c2w=target.c2w,
+            intrinsics=target.intrinsics,
+            hidden=torch.cat(hidden, dim=2),
+            valid=torch.cat(valid, dim=2),
         )
 
     def forward(
@@ -209,6 +252,7 @@ class ScenePredictor(nn.Module):
             near=target.near,
             far=target.far,
             mlp=self.field,
+            cache=condition.cache,
         )
 
 

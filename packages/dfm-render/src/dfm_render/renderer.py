@@ -38,7 +38,14 @@ from dfm_render.field import FieldOutput, RadianceFieldMLP
 from dfm_render.ray_sampling import sample_along_rays, sample_pdf
 from dfm_render.raymarching import composite, merge_samples
 
-__all__ = ["Camera", "RendererConfig", "SceneField", "SceneRendering", "VolumeRenderer"]
+__all__ = [
+    "Camera",
+    "CoarseCache",
+    "RendererConfig",
+    "SceneField",
+    "SceneRendering",
+    "VolumeRenderer",
+]
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,27 @@ class Camera:
 
 
 @dataclass(frozen=True)
+class CoarseCache:
+    """Per-view field activations of views that do not change while sampling (the contexts),
+    at the coarse samples of one camera's full image.
+
+    While sampling, the coarse depths are deterministic and the context views' features and
+    time (t = 0) are fixed, so their per-view blocks give the same activations at every
+    denoising step: computed once per sample, reused by every step's render at that camera.
+
+    Attributes:
+        c2w: (B, 4, 4) the camera the activations belong to; intrinsics (B, 3, 3).
+        hidden: (B, Vc, R, Sc, W) activations of the first Vc views after the per-view blocks.
+        valid: (B, Vc, R, Sc) whether each of those views sees each point.
+    """
+
+    c2w: Tensor
+    intrinsics: Tensor
+    hidden: Tensor
+    valid: Tensor
+
+
+@dataclass(frozen=True)
 class SceneField:
     """A radiance field defined by encoded views: the signal DFM samples (module docstring).
 
@@ -113,6 +141,7 @@ class SceneField:
             the blocks after the mean over views).
         near, far: (B,) the scene's depth range.
         mlp: the field network (shared, not batched).
+        cache: activations of the first views at one camera's coarse samples, or None.
     """
 
     maps: Tensor
@@ -122,10 +151,14 @@ class SceneField:
     near: Tensor
     far: Tensor
     mlp: RadianceFieldMLP
+    cache: CoarseCache | None = None
 
-    def query(self, points: Tensor) -> FieldOutput:
-        """Density, colour and features at world points (B, P, 3)."""
-        return self.mlp(points, self.maps, self.c2w, self.intrinsics, self.time_embedding)
+    def query(self, points: Tensor, cached: tuple[Tensor, Tensor] | None = None) -> FieldOutput:
+        """Density, colour and features at world points (B, P, 3); ``cached`` per-view
+        activations of the first views at these points (``RadianceFieldMLP.forward``)."""
+        return self.mlp(
+            points, self.maps, self.c2w, self.intrinsics, self.time_embedding, cached=cached
+        )
 
 
 @dataclass(frozen=True)
@@ -173,6 +206,9 @@ class RendererConfig:
     """Interval of the last sample: a large value makes it an opaque backdrop (NeRF)."""
     checkpoint: bool = True
     """Recompute each chunk's field evaluations in the backward pass (training only)."""
+    cache_context: bool = True
+    """While sampling, compute the context views' activations at the target camera's coarse
+    samples once per sample, not once per denoising step (``CoarseCache``; exact)."""
 
     def __post_init__(self) -> None:
         if self.num_coarse < 1 or self.num_fine < 0 or min(self.chunk, self.train_chunk) < 1:
@@ -196,8 +232,8 @@ class VolumeRenderer(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, field: SceneField, camera: Camera) -> SceneRendering:
-        """Render ``field`` at ``camera`` (full image or patch, one or N views)."""
+    def rays(self, camera: Camera) -> tuple[Tensor, Tensor, int, int, int]:
+        """The camera's rays: origins and directions (B, N*h*w, 3), h, w and N views."""
         batch = camera.c2w.shape[0]
         views = camera.c2w.shape[1] if camera.multi_view else 1
         c2w = camera.c2w.reshape(batch * views, 4, 4)
@@ -210,11 +246,44 @@ class VolumeRenderer(nn.Module):
             h = w = camera.patch_size
             uv = patch_grid(camera.height, camera.width, h, camera.patch_origin.reshape(-1, 2))
             uv = uv.to(c2w)
-        rays = rays_from_pixels(c2w, intrinsics, uv)  # (B*N, R, 3)
+        rays = rays_from_pixels(c2w, intrinsics, uv)  # (B*N, h*w, 3)
         origins = rays.origins.reshape(batch, views * h * w, 3)
         directions = rays.directions.reshape(batch, views * h * w, 3)
+        return origins, directions, h, w, views
+
+    def coarse_depths(self, near: Tensor, far: Tensor, num_rays: int) -> Tensor:
+        """Depths (B, R, num_coarse) of the first pass (jittered only while training)."""
+        cfg = self.config
+        return sample_along_rays(
+            near,
+            far,
+            cfg.num_coarse,
+            num_rays,
+            stratified=self.training and cfg.stratified,
+            spacing=cfg.spacing,
+        )
+
+    def cache_applies(self, cache: CoarseCache | None, camera: Camera) -> bool:
+        """Whether ``cache`` holds activations at this render's coarse samples."""
+        return (
+            cache is not None
+            and not self.training
+            and camera.patch_origin is None
+            and not camera.multi_view
+            and cache.c2w.shape == camera.c2w.shape
+            and cache.hidden.shape[2] == camera.height * camera.width
+            and cache.hidden.shape[3] == self.config.num_coarse
+            and torch.equal(cache.c2w, camera.c2w)
+            and torch.equal(cache.intrinsics, camera.intrinsics)
+        )
+
+    def forward(self, field: SceneField, camera: Camera) -> SceneRendering:
+        """Render ``field`` at ``camera`` (full image or patch, one or N views)."""
+        batch = camera.c2w.shape[0]
+        origins, directions, h, w, views = self.rays(camera)
+        cache = field.cache if self.cache_applies(field.cache, camera) else None
         color, depth, opacity, features, weights, t = self.render_rays(
-            field, origins, directions, camera.near, camera.far
+            field, origins, directions, camera.near, camera.far, cache=cache
         )
 
         def image(x: Tensor) -> Tensor:  # (B, N*h*w, C) -> (B[, N], C, h, w)
@@ -231,42 +300,55 @@ class VolumeRenderer(nn.Module):
         )
 
     def render_rays(
-        self, field: SceneField, origins: Tensor, directions: Tensor, near: Tensor, far: Tensor
+        self,
+        field: SceneField,
+        origins: Tensor,
+        directions: Tensor,
+        near: Tensor,
+        far: Tensor,
+        *,
+        cache: CoarseCache | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-        """Render rays (B, R, 3) in chunks.
+        """Render rays (B, R, 3) in chunks (``cache``: see ``CoarseCache``; None: no reuse).
 
         Returns:
             colour (B, R, 3) in [0, 1], depth (B, R), opacity (B, R), features (B, R, F) or
             None, weights (B, R, S), t (B, R, S).
         """
         cfg = self.config
-        recompute = cfg.checkpoint and self.training and torch.is_grad_enabled()
+        grad = torch.is_grad_enabled()
+        recompute = cfg.checkpoint and self.training and grad
+        size = cfg.train_chunk if grad else cfg.chunk
         outs = []
-        for start in range(0, origins.shape[1], cfg.chunk):
-            chunk = (
-                origins[:, start : start + cfg.chunk],
-                directions[:, start : start + cfg.chunk],
-            )
-            if recompute:
-                outs.append(
-                    checkpoint(self._render_chunk, field, *chunk, near, far, use_reentrant=False)
+        for start in range(0, origins.shape[1], size):
+            part = slice(start, start + size)
+            cached = None
+            if cache is not None:  # (B, Vc, r, Sc, ...) -> (B, Vc, r*Sc, ...)
+                cached = (
+                    cache.hidden[:, :, part].flatten(2, 3),
+                    cache.valid[:, :, part].flatten(2, 3),
                 )
+            args = (field, origins[:, part], directions[:, part], near, far, cached)
+            if recompute:
+                outs.append(checkpoint(self._render_chunk, *args, use_reentrant=False))
             else:
-                outs.append(self._render_chunk(field, *chunk, near, far))
+                outs.append(self._render_chunk(*args))
         parts = list(zip(*outs, strict=True))
         cat = [None if part[0] is None else torch.cat(part, dim=1) for part in parts]
         return cat[0], cat[1], cat[2], cat[3], cat[4], cat[5]  # type: ignore[return-value]
 
     def _render_chunk(
-        self, field: SceneField, origins: Tensor, directions: Tensor, near: Tensor, far: Tensor
+        self,
+        field: SceneField,
+        origins: Tensor,
+        directions: Tensor,
+        near: Tensor,
+        far: Tensor,
+        cached: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
         cfg = self.config
-        rays = origins.shape[1]
-        jitter = self.training and cfg.stratified
-        t_coarse = sample_along_rays(
-            near, far, cfg.num_coarse, rays, stratified=jitter, spacing=cfg.spacing
-        ).to(origins)  # (B, r, Sc)
-        coarse = self._query(field, origins, directions, t_coarse)
+        t_coarse = self.coarse_depths(near, far, origins.shape[1]).to(origins)  # (B, r, Sc)
+        coarse = self._query(field, origins, directions, t_coarse, cached)
         if cfg.num_fine == 0:
             t, out = t_coarse, coarse
         else:
@@ -303,11 +385,17 @@ class VolumeRenderer(nn.Module):
         return color, result.depth, result.opacity, features, result.weights, result.t
 
     @staticmethod
-    def _query(field: SceneField, origins: Tensor, directions: Tensor, t: Tensor) -> FieldOutput:
+    def _query(
+        field: SceneField,
+        origins: Tensor,
+        directions: Tensor,
+        t: Tensor,
+        cached: tuple[Tensor, Tensor] | None = None,
+    ) -> FieldOutput:
         """The field at origins + t * directions: t (B, r, S) -> outputs (B, r, S, ...)."""
         batch, rays, samples = t.shape
         points = origins[:, :, None] + t[..., None] * directions[:, :, None]  # (B, r, S, 3)
-        out = field.query(points.reshape(batch, rays * samples, 3))
+        out = field.query(points.reshape(batch, rays * samples, 3), cached)
         return FieldOutput(
             density=out.density.reshape(batch, rays, samples),
             rgb=out.rgb.reshape(batch, rays, samples, 3),
