@@ -8,11 +8,15 @@ application: those plug in a forward model, a signal predictor and their batches
 from typing import TYPE_CHECKING, Any
 
 from dfm_core.checkpoint import (
+    CheckpointCorruptError,
     CheckpointError,
+    CheckpointMismatchError,
+    CheckpointWriteError,
     latest_checkpoint,
     load_train_state,
     load_weights,
     save_checkpoint,
+    verify_checkpoint,
 )
 from dfm_core.diffusion import (
     Condition,
@@ -55,7 +59,15 @@ from dfm_core.schedules import (
     x0_from_eps,
     x0_from_v,
 )
-from dfm_core.trainer import NonFiniteLossError, OptimizerConfig, Trainer, TrainerConfig
+from dfm_core.trainer import (
+    STOP_SIGNALS,
+    NonFiniteLossError,
+    OptimizerConfig,
+    Trainer,
+    TrainerConfig,
+    TrainingInterrupted,
+    graceful_stop,
+)
 from dfm_core.tree import tree_cat, tree_index, tree_map, tree_to
 
 if TYPE_CHECKING:
@@ -93,7 +105,11 @@ __all__ = [
     "DIT_PRESETS",
     "SAMPLERS",
     "SCHEDULES",
+    "STOP_SIGNALS",
+    "CheckpointCorruptError",
     "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointWriteError",
     "Condition",
     "Context",
     "DFMBatch",
@@ -114,6 +130,7 @@ __all__ = [
     "StepInfo",
     "Trainer",
     "TrainerConfig",
+    "TrainingInterrupted",
     "__version__",
     "classifier_free_guidance",
     "ddim_timesteps",
@@ -123,6 +140,7 @@ __all__ = [
     "energy_distance",
     "eps_from_v",
     "eps_from_x0",
+    "graceful_stop",
     "karras_sigmas",
     "latest_checkpoint",
     "load_train_state",
@@ -145,6 +163,7 @@ __all__ = [
     "tree_map",
     "tree_to",
     "v_from_x0",
+    "verify_checkpoint",
     "x0_from_eps",
     "x0_from_v",
 ]

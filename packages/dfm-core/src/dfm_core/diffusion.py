@@ -323,14 +323,11 @@ class ForwardDiffusion(nn.Module):
         context = drop_context(batch.context, keep)
 
         condition = self.encode(context, batch.target_params)
-        signal = self.predictor(
-            condition, noisy_target, t.to(target.dtype), batch.target_params
-        )
+        signal = self.predictor(condition, noisy_target, t.to(target.dtype), batch.target_params)
         weight = self.loss_weight(t)
         terms: dict[str, Tensor] = {}
-        if batch.target_loss_params is None:
-            loss_params, loss_observation = batch.target_params, target
-        else:
+        loss_params, loss_observation = batch.target_params, target
+        if batch.target_loss_observation is not None:  # set together with its params
             loss_params, loss_observation = batch.target_loss_params, batch.target_loss_observation
         target_render = self.forward_model(signal, loss_params)
         terms["target"] = self._distance(observation_of(target_render), loss_observation, weight)
