@@ -31,7 +31,6 @@ Masked-object evaluation of LPIPS/FID composites both images onto a constant bac
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -39,6 +38,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dfm_render.losses import (
+    LPIPS_BACKBONES,
+    MissingWeightsError,
+    load_lpips,
+    torchvision_checkpoint,
+)
 
 __all__ = [
     "FID_WEIGHTS_FILE",
@@ -64,21 +70,10 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 # torchvision ImageNet backbones used by lpips, file name in $TORCH_HOME/hub/checkpoints and URL.
-LPIPS_BACKBONES: dict[str, tuple[str, str]] = {
-    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
-    "alex": (
-        "alexnet-owt-7be5be79.pth",
-        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-    ),
-}
 FID_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + FID_WEIGHTS_FILE
 )
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A metric's pretrained weights are not on disk (nothing is downloaded)."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -230,10 +225,6 @@ def composite_on_background(images: Tensor, mask: Tensor, background: float = 1.
 # --------------------------------------------------------------------------- LPIPS
 
 
-def _torchvision_checkpoint(filename: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
 class LPIPSMetric:
     """LPIPS v0.1 distance with an ImageNet backbone read from a local file.
 
@@ -261,50 +252,14 @@ class LPIPSMetric:
         backbone_path: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        if net not in LPIPS_BACKBONES:
-            raise ValueError(f"net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
-        filename, url = LPIPS_BACKBONES[net]
+        filename = LPIPS_BACKBONES[net][0] if net in LPIPS_BACKBONES else ""
         path = (
-            Path(backbone_path) if backbone_path is not None else _torchvision_checkpoint(filename)
+            Path(backbone_path) if backbone_path is not None else torchvision_checkpoint(filename)
         )
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"LPIPS-{net} backbone weights not found at {path}. Nothing is downloaded: fetch "
-                f"{url} and save it as {_torchvision_checkpoint(filename)} (torchvision's cache, "
-                f"under $TORCH_HOME), or pass backbone_path= to the file."
-            )
-        import lpips  # heavy import (torchvision), only when LPIPS is used
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        with warnings.catch_warnings():
-            # pnet_rand=True builds the backbone without torchvision's download; the weights
-            # are loaded just below. torchvision warns about the legacy `pretrained` argument.
-            warnings.simplefilter("ignore", UserWarning)
-            model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
-        self._load_backbone(model.net, state, path)
+        self.model = load_lpips(net, path).to(device)
         self.net = net
         self.backbone_path = path
-        self.model = model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
-
-    @staticmethod
-    def _load_backbone(backbone: torch.nn.Module, state: dict[str, Tensor], path: Path) -> None:
-        # lpips splits torchvision's `features` Sequential into slices that keep the original
-        # layer indices as child names: `slice2.5.weight` is torchvision's `features.5.weight`.
-        own = backbone.state_dict()
-        loaded = {}
-        for key, value in own.items():
-            _, index, param = key.split(".")
-            source = f"features.{index}.{param}"
-            if source not in state:
-                raise KeyError(f"{path}: missing backbone tensor {source!r}")
-            if state[source].shape != value.shape:
-                raise KeyError(
-                    f"{path}: {source!r} has shape {tuple(state[source].shape)}, "
-                    f"expected {tuple(value.shape)}"
-                )
-            loaded[key] = state[source]
-        backbone.load_state_dict(loaded)
 
     @torch.no_grad()
     def __call__(self, pred: Tensor, target: Tensor) -> Tensor:

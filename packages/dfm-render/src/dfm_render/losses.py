@@ -25,6 +25,7 @@ from dfm_core.diffusion import LossInputs
 from dfm_render.raymarching import distortion_loss
 
 __all__ = [
+    "LPIPS_BACKBONES",
     "DepthSmoothnessLoss",
     "DetLoss",
     "DistortionLoss",
@@ -32,6 +33,8 @@ __all__ = [
     "LossWeights",
     "MissingWeightsError",
     "edge_aware_smoothness",
+    "load_lpips",
+    "torchvision_checkpoint",
 ]
 
 
@@ -129,54 +132,91 @@ class DepthSmoothnessLoss:
         return edge_aware_smoothness(disparity, _target_patch(inputs))
 
 
-VGG16_FILE = "vgg16-397923af.pth"
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+LPIPS_BACKBONES: dict[str, tuple[str, str]] = {
+    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    "alex": (
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    ),
+}
+"""LPIPS backbone -> (torchvision's weight file name, where to download it)."""
 
 
-def vgg16_weights_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """Where LPIPS-VGG's backbone weights are read from (torchvision's file name)."""
-    if path is not None:
-        return Path(path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+def torchvision_checkpoint(filename: str) -> Path:
+    """Where torchvision caches a weight file: ``$TORCH_HOME/hub/checkpoints/<filename>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def load_lpips(net: str = "vgg", backbone_path: str | os.PathLike[str] | None = None) -> nn.Module:
+    """LPIPS v0.1 (Zhang et al. 2018) with its backbone read from a local file, frozen.
+
+    The ``lpips`` package ships its linear heads; the backbone is torchvision's VGG16 or
+    AlexNet state dict, which torchvision would download on first use. Here it is only read
+    from ``backbone_path`` (default: torchvision's cache path), with
+    ``torch.load(weights_only=True)``; nothing is downloaded.
+
+    Args:
+        net: ``"vgg"`` (VGG16: DFM, pixelNeRF, pixelSplat) or ``"alex"``.
+        backbone_path: the torchvision state-dict file (only ``features.*`` is used).
+
+    Raises:
+        ValueError: unknown ``net``.
+        MissingWeightsError: the file does not exist (the message says what to download and
+            where to put it).
+        KeyError: the file lacks a backbone tensor or has one of the wrong shape.
+    """
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
+    filename, url = LPIPS_BACKBONES[net]
+    path = Path(backbone_path) if backbone_path is not None else torchvision_checkpoint(filename)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"LPIPS-{net} backbone weights not found at {path}. Nothing is downloaded: fetch "
+            f"{url} and save it as {torchvision_checkpoint(filename)} (torchvision's cache, "
+            "under $TORCH_HOME), or pass the file's path (backbone_path / lpips_weights)."
+        )
+    import warnings
+
+    import lpips  # heavy import (torchvision), only when LPIPS is used
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        # pnet_rand=True builds the backbone without torchvision's download; the weights are
+        # loaded below. torchvision warns about the legacy `pretrained` argument.
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+    # lpips splits torchvision's `features` Sequential into slices that keep the original
+    # layer indices as child names: `slice2.5.weight` is torchvision's `features.5.weight`.
+    loaded = {}
+    for key, value in model.net.state_dict().items():
+        _, index, param = key.split(".")
+        source = f"features.{index}.{param}"
+        if source not in state:
+            raise KeyError(f"{path}: missing backbone tensor {source!r}")
+        if state[source].shape != value.shape:
+            raise KeyError(
+                f"{path}: {source!r} has shape {tuple(state[source].shape)}, "
+                f"expected {tuple(value.shape)}"
+            )
+        loaded[key] = state[source]
+    model.net.load_state_dict(loaded)
+    return model.eval().requires_grad_(False)
 
 
 class LPIPSLoss:
-    """LPIPS with the VGG backbone (Zhang et al. 2018) between rendered and true patches.
+    """LPIPS-VGG between rendered and true target patches (inputs in [-1, 1]).
 
-    The ``lpips`` package ships its linear heads; the VGG16 backbone weights are torchvision's
-    ``vgg16-397923af.pth``, which cannot be downloaded at run time here. They are read from
-    ``weights_path`` or torch's hub cache, and a clear ``MissingWeightsError`` names the file,
-    where to get it and where to put it when they are missing. The network is frozen.
+    The backbone weights are read by ``load_lpips`` from ``weights_path`` or torchvision's
+    cache, on the first call; a clear ``MissingWeightsError`` says what to download and where
+    to put it when they are missing. The network is frozen.
     """
 
     def __init__(self, weights_path: str | os.PathLike[str] | None = None) -> None:
-        self.weights_path = vgg16_weights_path(weights_path)
+        self.weights_path = weights_path
         self._net: nn.Module | None = None
-
-    def _build(self, device: torch.device) -> nn.Module:
-        if not self.weights_path.is_file():
-            raise MissingWeightsError(
-                f"LPIPS needs torchvision's VGG16 weights {VGG16_FILE}, not found at "
-                f"{self.weights_path}: download {VGG16_URL} and put it there (or pass its path "
-                "as lpips_weights / loss weights option), or set the lpips weight to 0"
-            )
-        import lpips
-        import torchvision
-
-        vgg = torchvision.models.vgg16()
-        state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-        vgg.load_state_dict(state)
-        net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-        # lpips.pn.vgg16 splits torchvision's feature stack into five slices, in order.
-        slices = [net.net.slice1, net.net.slice2, net.net.slice3, net.net.slice4, net.net.slice5]
-        layers = [layer for part in slices for layer in part]
-        for mine, theirs in zip(layers, vgg.features[: len(layers)], strict=True):
-            mine.load_state_dict(theirs.state_dict())
-        net.eval().requires_grad_(False)
-        return net.to(device)
 
     def __call__(self, inputs: LossInputs) -> Tensor:
         render = inputs.target_render.observation
         if self._net is None:
-            self._net = self._build(render.device)
+            self._net = load_lpips("vgg", self.weights_path).to(render.device)
         return self._net(render, _target_patch(inputs), normalize=False).mean()
