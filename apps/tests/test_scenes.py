@@ -26,6 +26,8 @@ TINY = [
     "evaluation.num_scenes=1",
     "evaluation.num_samples=2",
     "evaluation.steps=2",
+    "evaluation.autoregressive_views=2",
+    "evaluation.autoregressive_step=3",
     "num_threads=1",
 ]
 
@@ -102,9 +104,18 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
     videos = re.findall(r'<video[^>]*src="([^"]+)"', report)
     assert videos and all((run / Path(v)).is_file() for v in videos)
     assert (run / "backs.png").is_file()
-    # A second run on the same directory resumes instead of training again.
+    # Exports, the progressive-sampling animation and the autoregressive turntable.
+    made = {p.name for p in run.rglob("*") if p.is_file()}
+    for name in ("progressive.gif", "sample0-points.ply", "sample0-mesh.ply", "sample0-mesh.obj"):
+        assert name in made
+    assert "autoregressive-turntable.mp4" in made
+    obj = next(run.rglob("sample0-mesh.obj")).read_text().splitlines()
+    assert all(len(line.split()) == 7 for line in obj if line.startswith("v "))
+    # A second run on the same directory resumes instead of training again (and samples
+    # with reconstruction guidance towards the input view this time).
+    guided = [*TINY, "evaluation.reconstruction_weight=0.5", "evaluation.autoregressive_views=0"]
     status = main(
-        ["train", "objects-demo", "--run-dir", str(run), "--resume", "data.root=data/w", *TINY]
+        ["train", "objects-demo", "--run-dir", str(run), "--resume", "data.root=data/w", *guided]
     )
     assert status == 0
     assert "resumed from step 2" in capsys.readouterr().out

@@ -49,7 +49,7 @@ from torch.utils.data import Dataset
 
 from dfm_core.checkpoint import CheckpointError, list_checkpoints, load_weights
 from dfm_core.diffusion import DFMBatch, ForwardDiffusion
-from dfm_core.guidance import classifier_free_guidance
+from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
 from dfm_core.sampling import sample_ddim
 from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
 from dfm_core.tree import tree_cat, tree_index
@@ -58,6 +58,7 @@ from dfm_render import (
     PixelNeRFBaseline,
     SceneModelConfig,
     VolumeRenderer,
+    estimate_look_at_point,
     load_baseline_into,
     make_scene_batch,
     scene_config,
@@ -140,13 +141,27 @@ class SceneEvaluationConfig:
     (an even blend of two colours lies at 1/2: never counted)."""
     videos: bool = True
     """Write turntable and depth videos (mp4 + gif) of every sample."""
+    reconstruction_weight: float = 0.0
+    """Reconstruction guidance towards the context view while sampling (0: off; dfm-core's
+    ``reconstruction_guidance``)."""
+    autoregressive_views: int = 0
+    """Also sample the first object autoregressively: this many generated views, each added
+    to the context before the next (0: off; the original's 360-degree CO3D procedure)."""
+    autoregressive_step: int = 8
+    """Frames between consecutive autoregressive targets."""
+    export: bool = True
+    """Export the first object's first sample as a point cloud and a mesh (.ply, .obj)."""
     seed: int = 1234
     """Seed of the sampler noise."""
 
     def __post_init__(self) -> None:
-        for name in ("num_scenes", "num_samples", "steps"):
+        for name in ("num_scenes", "num_samples", "steps", "autoregressive_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"evaluation.{name}: expected >= 1, got {getattr(self, name)}")
+        if self.reconstruction_weight < 0 or self.autoregressive_views < 0:
+            raise ValueError(
+                "evaluation.reconstruction_weight and autoregressive_views must be >= 0"
+            )
 
 
 def _scenes_trainer() -> TrainerConfig:
@@ -425,6 +440,7 @@ def sample_scenes(
     steps: int = 50,
     guidance_scale: float = 1.0,
     temperature: float = 1.0,
+    reconstruction_weight: float = 0.0,
     callback: Any = None,
 ) -> Any:
     """K scenes per input in one batched call, each sample with its own seed.
@@ -435,6 +451,8 @@ def sample_scenes(
         num_samples: K.
         seeds: B * K seeds, sample ``b * K + k``'s seed at that position: a sample depends
             on its seed and input, not on its position in the batch.
+        reconstruction_weight: > 0 pulls every estimate towards scenes that re-render the
+            first context view (Ho et al. 2022, eq. 7; dfm-core's ``reconstruction_guidance``).
 
     Returns:
         ``SampleOutput``: observation (B*K, 3, H, W) at the target camera and the signal, a
@@ -452,6 +470,20 @@ def sample_scenes(
             denoiser = classifier_free_guidance(diffusion.denoise, condition, null, guidance_scale)
         else:
             denoiser = diffusion.denoiser(condition)
+        if reconstruction_weight > 0:
+            camera = context.params
+            first = Camera(
+                camera.c2w[:, 0], camera.intrinsics[:, 0], camera.near, camera.far,
+                camera.height, camera.width,
+            )  # fmt: skip
+            denoiser = reconstruction_guidance(
+                denoiser,
+                diffusion.schedule,
+                forward_model=diffusion.forward_model,
+                context_observation=context.observation[:, 0],
+                context_params=first,
+                weight=reconstruction_weight,
+            )
         return sample_ddim(
             denoiser,
             diffusion.schedule,
@@ -461,6 +493,59 @@ def sample_scenes(
             temperature=temperature,
             callback=callback,
         )
+
+
+def sample_autoregressive(
+    diffusion: ForwardDiffusion,
+    batch: DFMBatch,
+    targets: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    seed: int,
+    steps: int = 50,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+) -> tuple[Any, list[torch.Tensor]]:
+    """Autoregressive sampling: each generated view joins the context of the next.
+
+    The original's 360-degree CO3D procedure (its reference section 3.4): for each target
+    camera in turn, sample a view conditioned on the input and every view generated so far,
+    then append it (image and camera) to the context. The returned scene is the last
+    sample's, conditioned on the input and all earlier generated views.
+
+    Args:
+        diffusion: the trained model (eval mode).
+        batch: one input (B = 1): its context views and planes.
+        targets: ``(c2w (1, 4, 4), intrinsics (1, 3, 3))`` per generated view, relative to
+            context view 0.
+        seed: seed of the first view (view i uses ``seed + i``).
+
+    Returns:
+        The last scene (a ``SceneField``) and the generated images, each (1, 3, H, W).
+    """
+    context = batch.context
+    generated: list[torch.Tensor] = []
+    scene = None
+    for i, (c2w, intrinsics) in enumerate(targets):
+        target = dataclasses.replace(batch.target_params, c2w=c2w, intrinsics=intrinsics)
+        step_batch = dataclasses.replace(batch, context=context, target_params=target)
+        out = sample_scenes(
+            diffusion, step_batch, num_samples=1, seeds=[seed + i], steps=steps,
+            guidance_scale=guidance_scale, temperature=temperature,
+        )  # fmt: skip
+        scene = out.signal
+        generated.append(out.observation)
+        camera = context.params
+        context = dataclasses.replace(
+            context,
+            observation=torch.cat([context.observation, out.observation[:, None]], dim=1),
+            params=dataclasses.replace(
+                camera,
+                c2w=torch.cat([camera.c2w, c2w[:, None]], dim=1),
+                intrinsics=torch.cat([camera.intrinsics, intrinsics[:, None]], dim=1),
+                absolute_c2w=None,
+            ),
+        )
+    return scene, generated
 
 
 def render_at(renderer: VolumeRenderer, scene: Any, camera: Camera) -> Any:
@@ -614,13 +699,24 @@ def evaluate(
     for index in media.progress(range(count), desc="held-out objects"):
         name = views.sequences[index][1]
         item = views.views_at(index, [0], [back], visible + list(range(frames)))
-        batch = scene_batch_from_views(item, patch_size=None, absolute_pose=False)
+        absolute = config.model.encoder.absolute_pose
+        batch = scene_batch_from_views(item, patch_size=None, absolute_pose=absolute)
         seeds = [ev.seed * 1000 + index * k + j for j in range(k)]
+        recorder = media.ProgressiveRecorder(max_items=k, desc=f"sampling {name}")
         out = sample_scenes(
             diffusion, batch, num_samples=k, seeds=seeds, steps=ev.steps,
             guidance_scale=ev.guidance_scale, temperature=ev.temperature,
+            reconstruction_weight=ev.reconstruction_weight, callback=recorder,
         )  # fmt: skip
         scene_k = out.signal
+        if index == 0:  # the x0 estimate over the denoising steps, every sample side by side
+            path = out_dir / "scenes" / name / "progressive.gif"
+            media.write_video(path, recorder.frames(), fps=8)
+            files[f"{name} progressive.gif"] = path
+        if index == 0 and ev.export:
+            files |= export_scene(renderer, scene_k, batch, item, out_dir / "scenes" / name, config)
+        if index == 0 and ev.autoregressive_views:
+            files |= autoregressive_video(diffusion, renderer, batch, item, out_dir, config)
         with torch.no_grad():
             base_scene = baseline.scene(batch.context)
         novel = item.novel
@@ -722,6 +818,76 @@ def evaluate(
     (out_dir / "report.html").write_text(html)
     files["report"] = out_dir / "report.html"
     return Evaluation(scores=scores, files=files)
+
+
+def export_scene(
+    renderer: VolumeRenderer, scenes_k: Any, batch: DFMBatch, item: Any, out: Path, config: Any
+) -> dict[str, Path]:
+    """The first sample as a point cloud fused from its turntable renders and a mesh."""
+    from dfm_render import extract_mesh, fuse_point_cloud, save_mesh, save_point_cloud
+
+    scene = tree_index(scenes_k, slice(0, 1))
+    c2w, intrinsics = item.novel.c2w[0], item.novel.intrinsics[0]  # every frame of the orbit
+    views = render_at(
+        renderer, scene, camera_like(batch.target_params, c2w[None], intrinsics[None])
+    )
+    cloud = fuse_point_cloud(
+        views.depth[0, :, 0],
+        (views.observation[0].clamp(-1, 1) + 1) / 2,
+        c2w,
+        intrinsics,
+        opacity=views.opacity[0, :, 0],
+        divide_by_opacity=True,
+        max_depth=0.9 * config.model.far,
+    )
+    # The object sits around the point all cameras look at; mesh a box around it.
+    centre = estimate_look_at_point(c2w)
+    radius = 0.35 * float(torch.linalg.norm(c2w[0, :3, 3] - centre))
+    bounds = torch.stack([centre - radius, centre + radius])
+
+    def density(points: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return scene.query(points[None].to(c2w.dtype)).density[0]
+
+    def colour(points: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return scene.query(points[None].to(c2w.dtype)).rgb[0]
+
+    # A voxel is mostly opaque when density * voxel size ~ 1.
+    voxel = 2 * radius / 63
+    mesh = extract_mesh(density, bounds, 64, level=1.0 / voxel, colour=colour)
+    return {
+        "point cloud": save_point_cloud(out / "sample0-points.ply", cloud),
+        "mesh (ply)": save_mesh(out / "sample0-mesh.ply", mesh),
+        "mesh (obj)": save_mesh(out / "sample0-mesh.obj", mesh),
+    }
+
+
+def autoregressive_video(
+    diffusion: ForwardDiffusion,
+    renderer: VolumeRenderer,
+    batch: DFMBatch,
+    item: Any,
+    out_dir: Path,
+    config: Any,
+) -> dict[str, Path]:
+    """Autoregressive 360-degree sample of one object, rendered along its orbit."""
+    from dfm_apps import media
+
+    ev = config.evaluation
+    frames = config.data.world.n_frames
+    c2w, intrinsics = item.novel.c2w[:, -frames:], item.novel.intrinsics[:, -frames:]
+    positions = [(i + 1) * ev.autoregressive_step % frames for i in range(ev.autoregressive_views)]
+    targets = [(c2w[:, p], intrinsics[:, p]) for p in positions]
+    scene, _ = sample_autoregressive(
+        diffusion, batch, targets, seed=ev.seed, steps=ev.steps,
+        guidance_scale=ev.guidance_scale, temperature=ev.temperature,
+    )  # fmt: skip
+    turn = render_at(renderer, scene, camera_like(batch.target_params, c2w, intrinsics))
+    video = media.to_uint8_frames((turn.observation[0].clamp(-1, 1) + 1).permute(0, 2, 3, 1) / 2)
+    path = out_dir / "scenes" / "autoregressive-turntable.mp4"
+    media.write_video(path, video, fps=12)
+    return {"autoregressive turntable.mp4": path}
 
 
 def _score_table(scores: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
