@@ -272,6 +272,44 @@ def test_preconditioned_predictor_is_near_identity_at_low_noise():
     assert (x0 - noisy / schedule.alpha_bar(t).float()[:, None].sqrt()).abs().max() > 1
 
 
+def test_preconditioning_leaves_what_the_target_does_not_observe_unscaled():
+    # (I - A_t^T A_t) S is the raw network output at every noise level; only the target
+    # view is c_skip x + c_out A_t raw (closed form, checked here with a stub network).
+    d, k, batch = 5, 1, 8
+    g = torch.Generator().manual_seed(2)
+    schedule = NoiseSchedule.from_name("cosine", 1000)
+    predictor = ProjectionPredictor(d, k, 1000, hidden=8, depth=1, schedule=schedule)
+    raw = torch.randn(batch, d, generator=g)
+
+    class Stub(torch.nn.Module):
+        def forward(self, features):
+            return raw
+
+    predictor.mlp = Stub()
+    context_params = random_projections(batch, k, d, g)
+    target_params = complement_projections(context_params, g)
+    context = Context(torch.randn(batch, k, generator=g), context_params)
+    noisy = torch.randn(batch, k, generator=g)
+    for step in (0.0, 300.0, 999.0):
+        t = torch.full((batch,), step)
+        signal = predictor(context, noisy, t, target_params).double()
+        a = target_params.double()
+        projector = a.transpose(-1, -2) @ a
+        outside = signal - (projector @ signal[..., None]).squeeze(-1)
+        raw64 = raw.double()
+        assert torch.allclose(
+            outside, raw64 - (projector @ raw64[..., None]).squeeze(-1), atol=1e-5
+        )
+        abar = schedule.alpha_bar(t.double())[:, None]
+        sigma_sq = (1 - abar) / abar
+        c_skip, c_out = 1 / (sigma_sq + 1), (sigma_sq / (sigma_sq + 1)).sqrt()
+        view = (a @ signal[..., None]).squeeze(-1)
+        expected = c_skip * noisy.double() / abar.sqrt() + c_out * (a @ raw64[..., None]).squeeze(
+            -1
+        )
+        assert torch.allclose(view, expected, atol=1e-5)
+
+
 def test_fourier_features_are_fixed_saved_and_optional():
     torch.manual_seed(0)
     lift = FourierFeatures(3, 5, scale=2.0)

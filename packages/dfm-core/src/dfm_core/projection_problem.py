@@ -701,10 +701,12 @@ class ProjectionPredictor(nn.Module):
         data_std: float = 1.0,
         fourier_features: int = 0,
         fourier_scale: float = 1.0,
+        fourier_target: bool = False,
     ) -> None:
         super().__init__()
         d = signal_dim
         self.signal_dim, self.observation_dim = signal_dim, observation_dim
+        self.fourier_target = fourier_target
         self.num_timesteps = num_timesteps
         self.context_consistent = context_consistent
         _check_noise_std(noise_std)
@@ -721,7 +723,8 @@ class ProjectionPredictor(nn.Module):
                 f"schedule: expected {num_timesteps} timesteps, got {schedule.num_timesteps}"
             )
         self.schedule = schedule  # enables the preconditioning, see _precondition
-        self.fourier = FourierFeatures(2 * d * d + d, fourier_features, fourier_scale)
+        lifted = 2 * d * d + d + (d if fourier_target else 0)
+        self.fourier = FourierFeatures(lifted, fourier_features, fourier_scale)
         self.mlp = _mlp(self.fourier.out_features + 2 * d + 32, hidden, depth, d)
 
     def forward(
@@ -751,10 +754,12 @@ class ProjectionPredictor(nn.Module):
         # What the context and the choice of target view say: the posterior's mode
         # weights are sharp functions of it, hence the Fourier lift. The noisy target
         # enters raw; its influence is smooth at the noise levels where it matters.
-        known = torch.cat(
-            [_context_features(context_projector, back_context), target_projector.flatten(1)],
-            dim=-1,
-        )
+        lift = [_context_features(context_projector, back_context), target_projector.flatten(1)]
+        if self.fourier_target:
+            # Where context and target leave S ambiguous (2k < d), E[S | O_c, O_t] switches
+            # between mixture components as O_t moves: a sharp function of O_t too.
+            lift.append(back_target)
+        known = torch.cat(lift, dim=-1)
         # Ridge least squares of [A_c; A_t] S = [O_c; O_t]: no prior involved.
         gram = context_projector + target_projector
         gram = gram + 1e-2 * torch.eye(d, device=gram.device, dtype=gram.dtype)
@@ -791,6 +796,12 @@ class ProjectionPredictor(nn.Module):
         its errors cannot swamp the fine structure the last sampling steps resolve. The
         input side (c_in) is in ``forward``.
 
+        Only the target view is preconditioned: the components of S the target does not
+        observe, (I - A_t^T A_t) S, are the network's output unscaled. Scaling them by
+        c_out too (dfm-core 0.2) pinned them near 0 at low noise, where they must be
+        E[S | O_c, O_t] -- harmless only when context and target together observe all of
+        S and the context layer overrides the rest (2k = d, complement views, no noise).
+
         Args:
             raw: network output (B, d); noisy_target: x_t (B, k); alpha_bar: (B, 1).
         """
@@ -799,7 +810,8 @@ class ProjectionPredictor(nn.Module):
         c_skip = data_var / (sigma_sq + data_var)
         c_out = (sigma_sq * data_var / (sigma_sq + data_var)).sqrt()
         skip = target_params.transpose(-1, -2) @ (noisy_target / alpha_bar.sqrt())[..., None]
-        return c_out * raw + c_skip * skip.squeeze(-1)
+        in_view = (_projector(target_params) @ raw[..., None]).squeeze(-1)  # A_t^T A_t raw
+        return c_out * in_view + c_skip * skip.squeeze(-1) + (raw - in_view)
 
 
 class RegressionBaseline(nn.Module):
@@ -1064,6 +1076,8 @@ class ProjectionModelConfig:
     """Random Fourier features of the context inputs (``FourierFeatures``); 0 = none."""
     fourier_scale: float = 1.0
     """Standard deviation of the Fourier frequencies."""
+    fourier_target: bool = False
+    """Also lift the (input-scaled) noisy target through the Fourier features."""
     preconditioned: bool = True
     """Skip connection and input scaling in the predictor (``ProjectionPredictor``)."""
     context_consistent: bool = True
@@ -1107,6 +1121,7 @@ class ProjectionModelConfig:
         fourier: dict[str, Any] = dict(
             fourier_features=self.fourier_features, fourier_scale=self.fourier_scale
         )
+        predictor_options: dict[str, Any] = {"fourier_target": True} if self.fourier_target else {}
         # The trainer seeds the global RNGs only once the model exists, so seed here:
         # the initial weights are part of the experiment.
         with torch.random.fork_rng(devices=[]):
@@ -1121,6 +1136,7 @@ class ProjectionModelConfig:
                 noise_std=problem.noise_std,
                 schedule=schedule if self.preconditioned else None,
                 **fourier,
+                **predictor_options,
             )
             torch.manual_seed(derive_seed(seed, _INIT_BASELINE))
             baseline = RegressionBaseline(d, k, hidden=self.hidden, depth=self.depth, **fourier)
