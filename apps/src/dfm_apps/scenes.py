@@ -403,7 +403,8 @@ def train(config: ScenesConfig, run_dir: Path, *, run_config: dict[str, Any]) ->
         baseline_step=base_trainer.step,
         resumed_from=resumed,
     )
-    dfm_trainer.close()
+    for trainer in (base_trainer, dfm_trainer):  # once, at the very end (the first owns DDP)
+        trainer.close()
     return result
 
 

@@ -1241,7 +1241,7 @@ def train_projection_models(
         frozen_config_keys: keys of ``run_config`` a resumed run must not change
             (``Trainer``; a mismatch raises ``CheckpointMismatchError`` naming them).
     """
-    trained = []
+    trained, trainers = [], []
     for model, directory, config in (
         (diffusion, run_dir, trainer_config),
         (baseline, baseline_dir, dataclasses.replace(trainer_config, max_steps=baseline_steps)),
@@ -1259,6 +1259,10 @@ def train_projection_models(
         if trainer.step < config.max_steps:
             trainer.train()
         trained.append((trainer.ema_model().eval(), trainer.step, resumed))
+        trainers.append(trainer)
+    # Only now: the first trainer owns the process group, and closing it between the two
+    # phases would make the second set it up again on the same port (a hang under DDP).
+    for trainer in trainers:
         trainer.close()
     (dfm, dfm_step, resumed_from), (base, base_step, _) = trained
     return FittedModels(dfm, base, dfm_step, base_step, resumed_from)  # type: ignore[arg-type]
