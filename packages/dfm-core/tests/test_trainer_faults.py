@@ -125,6 +125,24 @@ def test_second_sigint_aborts_and_a_signal_outside_training_stops_at_once(
         os.kill(os.getpid(), signal.SIGUSR1)
 
 
+def test_second_sigterm_stops_at_once_without_saving(tmp_path: Path) -> None:
+    """A run whose first SIGTERM cannot reach a step boundary (stuck) must still die."""
+
+    class TwoTerms(NoisyRegressor):
+        def forward(self, batch, *, generator):
+            out = super().forward(batch, generator=generator)
+            if self.calls == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+    trainer = Trainer(TwoTerms(), IndexDataset(), _config(max_steps=6), run_dir=tmp_path)
+    with graceful_stop(), pytest.raises(TrainingInterrupted) as info:
+        trainer.train()
+    assert info.value.signal_name == "SIGTERM"
+    assert not list((tmp_path / "checkpoints").glob("step_*"))  # stopped before any save
+
+
 # ----------------------------------------------------------------------------- damaged checkpoints
 
 

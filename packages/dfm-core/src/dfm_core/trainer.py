@@ -302,6 +302,10 @@ _RECEIVED: list[int] = []
 def _on_stop_signal(signum: int, frame: Any) -> None:
     if _RECEIVED and signum == signal.SIGINT:
         raise KeyboardInterrupt  # a second Ctrl-C: the user wants out now
+    if _RECEIVED and signum == signal.SIGTERM:
+        # A second SIGTERM: the first could not be honoured (e.g. a rank stuck in a
+        # collective never reaches the step boundary); stop here, without saving.
+        raise TrainingInterrupted(signum)
     if not _RECEIVED:
         _RECEIVED.append(signum)
     trainers = list(_TRAINING)
@@ -320,7 +324,7 @@ def graceful_stop(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
     :meth:`Trainer.train` finish its step, save a checkpoint and raise
     :class:`TrainingInterrupted`; arriving outside ``train`` (e.g. while evaluating) it
     raises :class:`TrainingInterrupted` at once. A second SIGINT raises
-    ``KeyboardInterrupt``. The previous handlers are restored on exit. Main thread only.
+    ``KeyboardInterrupt``, a second SIGTERM ``TrainingInterrupted`` at once (no save). The previous handlers are restored on exit. Main thread only.
 
     Use it around the whole job (all trainers, then evaluation)::
 
