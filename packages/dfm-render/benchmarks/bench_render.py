@@ -152,8 +152,10 @@ def run_case(name: str, repeats: int) -> dict:
             def work() -> None:
                 denoiser(x, t)
 
-    work()  # warm-up
-    times = []
+    start = time.perf_counter()
+    work()  # warm-up (with --repeats 0 the only run: its time is reported)
+    first = time.perf_counter() - start
+    times = [] if repeats else [first]
     for _ in range(repeats):
         start = time.perf_counter()
         work()
@@ -173,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", help="run one case in this process and print JSON")
     parser.add_argument("--cases", nargs="*", default=list(ORIGINAL), help="cases to run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs after the warm-up (0: time the warm-up)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.case:
