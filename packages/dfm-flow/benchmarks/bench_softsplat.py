@@ -2,7 +2,7 @@
 
 Both run in the same invocation on the same inputs (batch 4 x 3 x 256 x 448 by default):
 forward, and forward + backward (gradients for input, flow and metric). Times are the
-median of ``--repeats`` runs after one warm-up. Peak memory is measured in a fresh
+median of ``--repeats`` runs after two warm-ups, the implementations interleaved. Peak memory is measured in a fresh
 subprocess per (implementation, pass): on CPU the peak resident size (``VmHWM``, reset just
 before the call) over the resident size with the inputs allocated (Linux only), on CUDA ``torch.cuda.max_memory_allocated`` over the same baseline.
 
@@ -85,19 +85,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_it(
-    name: str, tensors: tuple[Tensor, ...], backward: bool, device: str, repeats: int
-) -> float:
+def time_all(backward: bool, shape: tuple[int, ...], device: str, repeats: int) -> dict[str, float]:
+    """Median time of every implementation; runs are interleaved (A, B, A, B...) so that a
+    change in machine load during the measurement hits both alike."""
+    inputs = {name: make_inputs(shape, device, backward) for name in IMPLEMENTATIONS}
+    times: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
     with torch.set_grad_enabled(backward):
-        run_once(name, tensors, backward)  # warm-up
+        for _ in range(2):  # warm-up (allocator, thread pool)
+            for name in IMPLEMENTATIONS:
+                run_once(name, inputs[name], backward)
         sync(device)
-        times = []
         for _ in range(repeats):
-            start = time.perf_counter()
-            run_once(name, tensors, backward)
-            sync(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for name in IMPLEMENTATIONS:
+                start = time.perf_counter()
+                run_once(name, inputs[name], backward)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _status_kib(field: str) -> int:
@@ -174,20 +178,20 @@ def main() -> None:
         f"# softmax splatting {shape}, float32, {device_name}, torch {torch.__version__}, {platform.machine()}"
     )
     print(
-        f"# median of {args.repeats} after 1 warm-up; peak = extra memory of one call in a fresh process"
+        f"# median of {args.repeats} after 2 warm-ups, interleaved; peak = extra memory of one call in a fresh process"
     )
     print("| implementation | forward ms | fwd+bwd ms | forward peak MiB | fwd+bwd peak MiB |")
     print("|---|---|---|---|---|")
+    forward = time_all(False, shape, args.device, args.repeats)
+    both = time_all(True, shape, args.device, args.repeats)
     results = {}
     for name in IMPLEMENTATIONS:
-        fwd = time_it(
-            name, make_inputs(shape, args.device, False), False, args.device, args.repeats
-        )
-        both = time_it(name, make_inputs(shape, args.device, True), True, args.device, args.repeats)
         mem_fwd = peak_memory(name, False, shape, args.device, args.threads) / 2**20
         mem_both = peak_memory(name, True, shape, args.device, args.threads) / 2**20
-        results[name] = (fwd, both, mem_fwd, mem_both)
-        print(f"| {name} | {fwd * 1e3:.1f} | {both * 1e3:.1f} | {mem_fwd:.0f} | {mem_both:.0f} |")
+        results[name] = (forward[name], both[name], mem_fwd, mem_both)
+        print(
+            f"| {name} | {forward[name] * 1e3:.1f} | {both[name] * 1e3:.1f} | {mem_fwd:.0f} | {mem_both:.0f} |"
+        )
     ours, ref = results["dfm_flow.softsplat"], results["index_add reference"]
     print(
         f"# speed-up: forward {ref[0] / ours[0]:.2f}x, fwd+bwd {ref[1] / ours[1]:.2f}x; "

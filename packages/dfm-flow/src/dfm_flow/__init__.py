@@ -15,6 +15,7 @@ from dfm_flow.motion import (
     motion_preset,
     sample_motion,
 )
+from dfm_flow.pretrained import load_motion_demo
 from dfm_flow.softsplat import (
     ImportanceMetric,
     ImportanceMetricConfig,
@@ -46,6 +47,7 @@ __all__ = [
     "frames_to_batch",
     "hsv_to_rgb",
     "importance_metric",
+    "load_motion_demo",
     "motion_preset",
     "pixel_grid",
     "sample_motion",
