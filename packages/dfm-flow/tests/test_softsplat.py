@@ -362,3 +362,19 @@ def test_cuda_matches_cpu(mode):
         input.cuda(), flow.cuda(), None if metric_in is None else metric_in.cuda(), mode
     )
     torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-5, rtol=1e-5)
+
+
+def test_gradcheck_with_dropped_pixels():
+    input, flow, metric = _random_inputs(18, batch=1, channels=2, height=4, width=5)
+    flow[0, 0, 1, 1] = float("nan")  # dropped source pixel (not a gradcheck input)
+    input.requires_grad_(True)
+    metric.requires_grad_(True)
+
+    def fn(a, z):
+        return softsplat(a, flow, z, "soft", nonfinite="drop")
+
+    assert torch.autograd.gradcheck(fn, (input, metric))
+    out = fn(input, metric)
+    out.sum().backward()
+    # The dropped pixel influences nothing, so its input and metric gradients are 0.
+    assert (input.grad[0, :, 1, 1] == 0).all() and metric.grad[0, 0, 1, 1] == 0
