@@ -210,7 +210,13 @@ def train_demo_inversion(
         )
         summary["dfm_steps"] = steps
         save_inversion_model(
-            model, cfg, out_dir / "inversion.safetensors", steps=steps, batch_size=batch_size, lr=lr
+            model,
+            cfg,
+            out_dir / "inversion.safetensors",
+            dtype=torch.float16,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
         )
         torch.manual_seed(seed + 1)
         regressor = LatentRegressor(cfg.build(generator=G))
@@ -230,7 +236,12 @@ def train_demo_inversion(
         holder = cfg.build(generator=G)
         holder.predictor.load_state_dict(regressor.predictor.state_dict())
         save_inversion_model(
-            holder, cfg, out_dir / "regressor.safetensors", steps=steps, kind="regressor"
+            holder,
+            cfg,
+            out_dir / "regressor.safetensors",
+            dtype=torch.float16,
+            steps=steps,
+            kind="regressor",
         )
     return summary
 
