@@ -59,6 +59,11 @@ class Member:
     test_requires: tuple[str, ...]  # requirement strings of its `test` dependency group
 
     @property
+    def test_members(self) -> frozenset[str]:
+        """Canonical names of the requirements of its `test` group (some are members)."""
+        return frozenset(canonicalize_name(Requirement(r).name) for r in self.test_requires)
+
+    @property
     def tests(self) -> Path:
         return ROOT / self.path / "tests"
 
@@ -105,10 +110,15 @@ BY_DIST = {canonicalize_name(m.dist): m for m in MEMBERS}
 PER_MEMBER = nox.parametrize("member", [nox.param(m, id=m.dist) for m in MEMBERS])
 
 
-def _workspace_closure(member: Member) -> list[Member]:
-    """`member` and every workspace member it depends on, directly or not."""
+def _workspace_closure(member: Member, *, with_tests: bool = False) -> list[Member]:
+    """`member` and every workspace member it depends on, directly or not; with
+    `with_tests`, also the members its `test` group needs (test-only oracles) and theirs."""
     seen = {canonicalize_name(member.dist)}
     todo = [member]
+    if with_tests:
+        for name in (member.test_members & BY_DIST.keys()) - seen:
+            seen.add(name)
+            todo.append(BY_DIST[name])
     while todo:
         for name in (todo.pop().requires & BY_DIST.keys()) - seen:
             seen.add(name)
@@ -246,7 +256,7 @@ def wheels(session: nox.Session, member: Member) -> None:
     tmp = Path(session.create_tmp())
     dist_dir = tmp / "dist"
     shutil.rmtree(dist_dir, ignore_errors=True)
-    closure = _workspace_closure(member)
+    closure = _workspace_closure(member, with_tests=True)
     wheels = []
     for dep in closure:
         session.run_install("uv", "build", "--quiet", "--package", dep.dist, "-o", str(dist_dir))

@@ -205,7 +205,7 @@ def test_encode_condition_sees_target_params_once_per_run_and_step():
     for t in (90.0, 50.0, 10.0):
         denoiser(torch.randn(4, 2), torch.full((4,), t))
     assert recorder.encodes == 1  # not once per denoising step
-    tag, context, target_params = recorder.calls[-1][0]
+    tag, _context, target_params = recorder.calls[-1][0]
     assert tag == "encoded" and target_params is batch.target_params
     model(batch, generator=torch.Generator().manual_seed(0))
     assert recorder.encodes == 2  # once per training step

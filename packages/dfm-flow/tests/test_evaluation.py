@@ -58,6 +58,7 @@ def test_sprite_velocities_are_medians_over_the_mask():
 
 def test_chi2_matches_scipy():
     from scipy import stats
+
     counts = torch.tensor([12, 7, 9, 15, 3, 8, 10, 11])
     statistic, p = chi2_uniform(counts)
     expected = stats.chisquare(counts.numpy())

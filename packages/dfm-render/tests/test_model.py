@@ -262,7 +262,11 @@ def test_cached_context_activations_change_nothing_and_are_used():
             assert (condition.context.cache is not None) == cache
             gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
             out = sample_ddim(
-                model.denoiser(condition), model.schedule, batch.target.shape, steps=2, generator=gens
+                model.denoiser(condition),
+                model.schedule,
+                batch.target.shape,
+                steps=2,
+                generator=gens,
             )
         outputs.append(out.observation)
         views_evaluated.append(seen)

@@ -231,4 +231,3 @@ class RadianceFieldMLP(nn.Module):
         rgb = torch.sigmoid(out[..., :3])
         features = out[..., 4:] if cfg.output_features else None
         return FieldOutput(density=density, rgb=rgb, features=features)
-
