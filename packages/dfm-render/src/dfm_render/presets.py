@@ -172,14 +172,11 @@ def _co3d() -> SceneModelConfig:
 
 
 def _re10k() -> SceneModelConfig:
-    return SceneModelConfig(
-        image_size=64,
+    # The same network as CO3D; what differs is the data's geometry and the loss weights.
+    return dataclasses.replace(
+        _co3d(),
         encoder=EncoderConfig(absolute_pose=False, gradient_checkpointing=True),
-        field=FieldConfig(),
-        renderer=RendererConfig(num_coarse=64, num_fine=64, chunk=4096, train_chunk=256),
         det_samples=32,
-        det_features=64,
-        patch_size=24,
         num_context=1,
         near=0.7,
         far=10.0,
