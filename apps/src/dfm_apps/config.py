@@ -143,7 +143,7 @@ class EvaluationConfig:
     steps: int = 50
     """Denoiser evaluations of the sampler."""
     sampler: str = "ddim"
-    """``ddim``, ``ddpm`` or ``edm`` (``dfm_core.sampling.SAMPLERS``)."""
+    """``ddim``, ``ddpm``, ``edm`` or ``dpmpp_2m`` (``dfm_core.sampling.SAMPLERS``)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance scale (1 = no guidance)."""
     seed: int = 1234

@@ -44,6 +44,7 @@ from dfm_core.sampling import (
     sample,
     sample_ddim,
     sample_ddpm,
+    sample_dpmpp_2m,
     sample_edm,
 )
 from dfm_core.schedules import (
@@ -150,6 +151,7 @@ __all__ = [
     "sample",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpmpp_2m",
     "sample_edm",
     "save_checkpoint",
     "schedule_cosine",
