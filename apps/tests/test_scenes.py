@@ -113,7 +113,12 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert all(len(line.split()) == 7 for line in obj if line.startswith("v "))
     # A second run on the same directory resumes instead of training again (and samples
     # with reconstruction guidance towards the input view this time).
-    guided = [*TINY, "evaluation.reconstruction_weight=0.5", "evaluation.autoregressive_views=0"]
+    guided = [
+        *TINY,
+        "evaluation.reconstruction_weight=0.5",
+        "evaluation.autoregressive_views=0",
+        "evaluation.sampler=dpmpp_2m",
+    ]
     status = main(
         ["train", "objects-demo", "--run-dir", str(run), "--resume", "data.root=data/w", *guided]
     )

@@ -50,7 +50,7 @@ from torch.utils.data import Dataset
 from dfm_core.checkpoint import CheckpointError, list_checkpoints, load_weights
 from dfm_core.diffusion import DFMBatch, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
-from dfm_core.sampling import sample_ddim
+from dfm_core.sampling import SAMPLERS, sample
 from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
 from dfm_core.tree import tree_cat, tree_index
 from dfm_render import (
@@ -128,7 +128,10 @@ class SceneEvaluationConfig:
     num_samples: int = 4
     """Samples K per object."""
     steps: int = 50
-    """DDIM steps."""
+    """Sampler steps."""
+    sampler: str = "ddim"
+    """``ddim``, ``ddpm``, ``edm`` or ``dpmpp_2m`` (``dfm_core.sampling.SAMPLERS``; DPM-Solver++
+    reaches DDIM-50 fidelity at ~15 evaluations, and every evaluation renders the scene)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance scale (1: none)."""
     temperature: float = 1.0
@@ -158,6 +161,10 @@ class SceneEvaluationConfig:
         for name in ("num_scenes", "num_samples", "steps", "autoregressive_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"evaluation.{name}: expected >= 1, got {getattr(self, name)}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"evaluation.sampler: expected one of {sorted(SAMPLERS)}, got {self.sampler!r}"
+            )
         if self.reconstruction_weight < 0 or self.autoregressive_views < 0:
             raise ValueError(
                 "evaluation.reconstruction_weight and autoregressive_views must be >= 0"
@@ -442,6 +449,7 @@ def sample_scenes(
     guidance_scale: float = 1.0,
     temperature: float = 1.0,
     reconstruction_weight: float = 0.0,
+    sampler: str = "ddim",
     callback: Any = None,
 ) -> Any:
     """K scenes per input in one batched call, each sample with its own seed.
@@ -485,7 +493,8 @@ def sample_scenes(
                 context_params=first,
                 weight=reconstruction_weight,
             )
-        return sample_ddim(
+        return sample(
+            sampler,
             denoiser,
             diffusion.schedule,
             (len(repeat), *batch.target.shape[1:]),
@@ -707,7 +716,7 @@ def evaluate(
         out = sample_scenes(
             diffusion, batch, num_samples=k, seeds=seeds, steps=ev.steps,
             guidance_scale=ev.guidance_scale, temperature=ev.temperature,
-            reconstruction_weight=ev.reconstruction_weight, callback=recorder,
+            reconstruction_weight=ev.reconstruction_weight, sampler=ev.sampler, callback=recorder,
         )  # fmt: skip
         scene_k = out.signal
         if index == 0:  # the x0 estimate over the denoising steps, every sample side by side
