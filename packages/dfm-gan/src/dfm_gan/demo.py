@@ -21,6 +21,7 @@ from dfm_gan.inversion import (
     InversionDataset,
     collate_inversion,
     inversion_config,
+    load_inversion_model,
     save_inversion_model,
 )
 from dfm_gan.networks import Generator, generator_config
@@ -161,7 +162,7 @@ def _train_loop(
         step += 1
         if step % 25 == 0:
             record = {"model": name, "step": step, "time_s": round(time.perf_counter() - start, 1)}
-            record.update({k: round(float(v), 5) for k, v in terms.items()})
+            record.update({k: round(float(v.detach()), 5) for k, v in terms.items()})
             log.write(json.dumps(record) + "\n")
             log.flush()
     trainable.load_state_dict(ema.state_dict())
@@ -179,8 +180,12 @@ def train_demo_inversion(
     regressor_minutes: float = 10.0,
     max_steps: int = 100_000,
     seed: int = 0,
+    init_from: str | Path | None = None,
 ) -> dict[str, float]:
     """Train the inversion DFM model and the deterministic regressor baseline on the demo GAN.
+
+    ``init_from``: continue from a saved inversion model's predictor weights (the data then
+    continue with fresh seeds, ``seed`` should differ from the first run's).
 
     Writes ``inversion.safetensors`` and ``regressor.safetensors`` (predictor weights, config
     in the metadata; ``generator_path`` stored by file name, resolved next to them) and
@@ -193,6 +198,9 @@ def train_demo_inversion(
     G = load_generator(generator_path)
     cfg = inversion_config(preset, generator_path=Path(generator_path).name)
     model = cfg.build(generator=G)
+    if init_from is not None:
+        previous, _ = load_inversion_model(init_from, generator=G)
+        model.predictor.load_state_dict(previous.predictor.state_dict())
     data = InversionDataset(G, cfg, num=10**7, seed=seed)
     summary: dict[str, float] = {}
     with (out_dir / "inversion.log.jsonl").open("w") as log:
@@ -257,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         help="train the inversion model + regressor on this generator instead; --out is a directory",
     )
     parser.add_argument("--regressor-minutes", type=float, default=10.0)
+    parser.add_argument("--init-from", help="continue the inversion model from these weights")
     parser.add_argument("--preset", default="demo32")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-steps", type=int, default=100_000)
@@ -276,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             regressor_minutes=args.regressor_minutes,
             max_steps=args.max_steps,
             seed=args.seed,
+            init_from=args.init_from,
         )
         print(json.dumps(result))
         return
