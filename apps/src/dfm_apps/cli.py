@@ -135,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
 
+    export = sub.add_parser(
+        "export",
+        help="convert weights: an official StyleGAN2-ADA pickle -> safetensors + JSON",
+        description="Read an official StyleGAN2-ADA network pickle WITHOUT executing code from "
+        "it (restricted unpickler; any unexpected global is refused by name), and write its "
+        "G_ema as OUT.safetensors plus OUT.json (dfm_gan.load_generator reads them).",
+    )
+    export.add_argument("kind", choices=("stylegan2",), help="what to convert")
+    export.add_argument("source", type=Path, metavar="PKL", help="the official .pkl file")
+    export.add_argument("out", type=Path, metavar="OUT", help="output path (suffix optional)")
+    export.add_argument("--network", default="G_ema", help="network in the pickle (default G_ema)")
     sub.add_parser(
         "data", help="dataset tools (forwards to dfm-data: synth, validate)", add_help=False
     )
@@ -252,7 +263,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _sample(args)
     if args.command in ("submit", "launch"):
         return _launch(args)
+    if args.command == "export":
+        return _export(args)
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dfm_gan import convert_official_pickle
+
+    if not args.source.is_file():
+        return _error(f"{args.source}: no such file (an official StyleGAN2-ADA .pkl)")
+    written = convert_official_pickle(args.source, args.out, key=args.network)
+    print(f"dfm: wrote {written} and {written.with_suffix('.json')}")
+    return 0
 
 
 def _data(argv: Sequence[str]) -> int:
