@@ -20,9 +20,10 @@ Modules are imported on first use (``dfm --help`` stays fast).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
-__all__ = ["APPLICATIONS", "application"]
+__all__ = ["APPLICATIONS", "application", "newest_checkpoint"]
 
 APPLICATIONS: dict[str, str] = {
     "projection": "dfm_apps.projection",
@@ -40,3 +41,17 @@ def application(name: str) -> ModuleType:
     if name not in APPLICATIONS:
         raise KeyError(f"unknown application {name!r}; known: {', '.join(sorted(APPLICATIONS))}")
     return importlib.import_module(APPLICATIONS[name])
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[int, Path]:
+    """Step and path of the newest complete checkpoint of a run (for ``load_models``).
+
+    Raises:
+        CheckpointError: the run has none yet.
+    """
+    from dfm_core.checkpoint import CheckpointError, list_checkpoints
+
+    found = list_checkpoints(run_dir / "checkpoints")
+    if not found:
+        raise CheckpointError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
+    return found[-1]

@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 
 from dfm_apps import plots, report
+from dfm_apps.applications import newest_checkpoint
 from dfm_apps.config import PROJECTION_FROZEN, EvaluationConfig, ProjectionConfig
-from dfm_core.checkpoint import CheckpointError, list_checkpoints, load_weights
+from dfm_core.checkpoint import load_weights
 from dfm_core.diffusion import Context, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
 from dfm_core.projection_problem import (
@@ -113,8 +114,8 @@ def load_models(config: ProjectionConfig, run_dir: Path) -> Trained:
         CheckpointError: the run (or its baseline) has no complete checkpoint yet.
     """
     diffusion, baseline = build_models(config)
-    dfm_step, dfm_path = _newest_checkpoint(run_dir)
-    base_step, base_path = _newest_checkpoint(run_dir / BASELINE_DIR)
+    dfm_step, dfm_path = newest_checkpoint(run_dir)
+    base_step, base_path = newest_checkpoint(run_dir / BASELINE_DIR)
     diffusion.load_state_dict(load_weights(dfm_path, ema=True)[0])
     baseline.load_state_dict(load_weights(base_path, ema=True)[0])
     return Trained(
@@ -124,13 +125,6 @@ def load_models(config: ProjectionConfig, run_dir: Path) -> Trained:
         baseline_step=base_step,
         resumed_from=None,
     )
-
-
-def _newest_checkpoint(run_dir: Path) -> tuple[int, Path]:
-    found = list_checkpoints(run_dir / "checkpoints")
-    if not found:
-        raise CheckpointError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
-    return found[-1]
 
 
 @torch.no_grad()

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dfm_core.checkpoint import CheckpointError, list_checkpoints, load_weights
+from dfm_apps.applications import newest_checkpoint
+from dfm_core.checkpoint import list_checkpoints, load_weights
 from dfm_core.diffusion import DFMBatch, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
 from dfm_core.sampling import SAMPLERS, sample
@@ -415,13 +416,6 @@ def train(config: ScenesConfig, run_dir: Path, *, run_config: dict[str, Any]) ->
     return result
 
 
-def _newest(run_dir: Path) -> tuple[int, Path]:
-    found = list_checkpoints(run_dir / "checkpoints")
-    if not found:
-        raise CheckpointError(f"{run_dir / 'checkpoints'}: no complete checkpoint")
-    return found[-1]
-
-
 def load_models(config: ScenesConfig, run_dir: Path) -> Trained:
     """The EMA weights of a run's newest complete checkpoints, on the CPU, in eval mode.
 
@@ -429,8 +423,8 @@ def load_models(config: ScenesConfig, run_dir: Path) -> Trained:
         CheckpointError: the run (or its baseline) has no complete checkpoint yet.
     """
     diffusion, baseline = build_models(config)
-    dfm_step, dfm_path = _newest(run_dir)
-    base_step, base_path = _newest(run_dir / BASELINE_DIR)
+    dfm_step, dfm_path = newest_checkpoint(run_dir)
+    base_step, base_path = newest_checkpoint(run_dir / BASELINE_DIR)
     diffusion.load_state_dict(load_weights(dfm_path, ema=True)[0])
     baseline.load_state_dict(load_weights(base_path, ema=True)[0])
     return Trained(diffusion.eval(), baseline.eval(), dfm_step, base_step, None)
