@@ -159,7 +159,7 @@ def _co3d() -> SceneModelConfig:
         image_size=64,
         encoder=EncoderConfig(absolute_pose=True, gradient_checkpointing=True),
         field=FieldConfig(),
-        renderer=RendererConfig(num_coarse=64, num_fine=64, chunk=4096, train_chunk=256),
+        renderer=RendererConfig(num_coarse=64, num_fine=64, chunk=1024, train_chunk=256),
         det_samples=64,
         det_features=64,
         patch_size=24,
