@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -674,11 +673,12 @@ def evaluate(
     _set_threads(config)
     ev = config.evaluation
     out_dir = Path(out_dir)
-    root = Path(config.data.root).with_name(
-        Path(config.data.root).name + f"-heldout-{ev.world_seed}"
-    )
     # Objects of the world's "train" split are used (3/5 of them: size the world to fit).
     world = dataclasses.replace(config.data.world, n_sequences=math.ceil(ev.num_scenes / 0.6) + 2)
+    root = Path(config.data.root).with_name(
+        f"{Path(config.data.root).name}-heldout-seed{ev.world_seed}-{world.n_sequences}x"
+        f"{world.n_frames}-{world.size}px"
+    )
     ensure_world(root, world, seed=ev.world_seed, categories=config.data.categories[:1])
     views = _views_dataset(config, root, "train", 0)
     truth = json.loads(
@@ -907,7 +907,3 @@ def _score_table(scores: dict[str, Any]) -> tuple[str, list[str], list[list[str]
         ["chi-squared p of pooled colours vs uniform", f("palette_p", 3), ""],
     ]
     return ("scores", ["", "DFM", "baseline"], rows)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))

@@ -212,6 +212,9 @@ class ScenePredictor(nn.Module):
         return CoarseCache(
             c2w=target.c2w,
             intrinsics=target.intrinsics,
+            near=target.near,
+            far=target.far,
+            spacing=renderer.config.spacing,
             hidden=torch.cat(hidden, dim=2),
             valid=torch.cat(valid, dim=2),
         )

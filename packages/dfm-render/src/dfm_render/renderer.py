@@ -119,12 +119,17 @@ class CoarseCache:
 
     Attributes:
         c2w: (B, 4, 4) the camera the activations belong to; intrinsics (B, 3, 3).
+        near, far: (B,) the planes the coarse depths were placed between.
+        spacing: the coarse spacing they were placed with.
         hidden: (B, Vc, R, Sc, W) activations of the first Vc views after the per-view blocks.
         valid: (B, Vc, R, Sc) whether each of those views sees each point.
     """
 
     c2w: Tensor
     intrinsics: Tensor
+    near: Tensor
+    far: Tensor
+    spacing: str
     hidden: Tensor
     valid: Tensor
 
@@ -273,8 +278,11 @@ class VolumeRenderer(nn.Module):
             and cache.c2w.shape == camera.c2w.shape
             and cache.hidden.shape[2] == camera.height * camera.width
             and cache.hidden.shape[3] == self.config.num_coarse
+            and cache.spacing == self.config.spacing
             and torch.equal(cache.c2w, camera.c2w)
             and torch.equal(cache.intrinsics, camera.intrinsics)
+            and torch.equal(cache.near, camera.near)
+            and torch.equal(cache.far, camera.far)
         )
 
     def forward(self, field: SceneField, camera: Camera) -> SceneRendering:
