@@ -252,7 +252,8 @@ def test_command_line_mistakes(
 def test_sbatch_rejection_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("submitit")
+    import submitit  # noqa: F401  (a dependency of dfm-apps: the launcher needs it)
+
     fake = tmp_path / "bin"
     fake.mkdir()
     sbatch = fake / "sbatch"  # a cluster that refuses the job, as sbatch does
