@@ -15,7 +15,10 @@ per-application branches:
 * ``demo(out_dir, *, seed) -> DemoSection``: the application on its *shipped* weights (no
   training; ``dfm demo`` runs every application's in turn, CPU, well under a minute each):
   sample, picture, score, and return what the combined report shows. Raises
-  ``MissingWeights`` (naming the file and how to make it) when the weights are not shipped.
+  ``MissingWeights`` (naming the file and how to make it) when the weights are not shipped;
+* optional ``PROTOCOLS`` (name -> one-line description) and ``run_protocol(config, trained,
+  out_dir, *, protocol, run_dir) -> evaluation``: the evaluation protocols ``dfm eval`` runs
+  (metrics.json + metrics.md); without them ``dfm eval`` runs ``evaluate``.
 
 Adding an application means adding its module here and its YAML presets in ``configs/``.
 Modules are imported on first use (``dfm --help`` stays fast).

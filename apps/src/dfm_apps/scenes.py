@@ -907,3 +907,10 @@ def _score_table(scores: dict[str, Any]) -> tuple[str, list[str], list[list[str]
         ["chi-squared p of pooled colours vs uniform", f("palette_p", 3), ""],
     ]
     return ("scores", ["", "DFM", "baseline"], rows)
+
+
+def demo(out_dir: Path, *, seed: int = 0) -> Any:
+    """The objects-demo model on its shipped weights (``dfm_apps.scene_demo``)."""
+    from dfm_apps.scene_demo import run_demo
+
+    return run_demo(out_dir, seed=seed)
