@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dfm_core.diffusion import ForwardDiffusion
+from dfm_core.sampling import SAMPLERS
 from dfm_core.trainer import Trainer, TrainerConfig
 from dfm_gan.inversion import (
     INVERSION_PRESETS,
@@ -207,6 +208,25 @@ def test_samples_depend_on_their_own_seed_only_and_cfg_runs():
     assert not torch.allclose(guided.latents, both.latents)
     with pytest.raises(ValueError, match="seed"):
         sample_inversions(model, batch.target, mask, num_samples=1, steps=2, seed=[1])
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_core_sampler_and_the_step_callback(sampler):
+    model = _model().eval()
+    batch, _ = _batch(model, batch=1)
+    mask = batch.context.observation[:, 3:]
+    seen = []
+    out = sample_inversions(
+        model, batch.target, mask, num_samples=2, steps=3, sampler=sampler, callback=seen.append
+    )
+    assert seen and all(info.num_steps == len(seen) for info in seen)
+    assert [info.step for info in seen] == list(range(len(seen)))
+    assert seen[-1].signal.shape == (2, *out.latents.shape[2:])  # B * K latent estimates
+    g = model.forward_model.generator
+    flat = out.latents.reshape(2, g.num_ws, g.w_dim)
+    torch.testing.assert_close(out.images.reshape(2, 3, 16, 16), g.synthesis(flat))
+    with pytest.raises(ValueError, match="sampler"):
+        sample_inversions(model, batch.target, mask, num_samples=1, steps=2, sampler="euler")
 
 
 def test_missing_weights_name_the_file_and_where_to_get_it(tmp_path):

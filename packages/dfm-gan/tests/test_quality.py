@@ -8,7 +8,13 @@ import torch
 from dfm_core.diffusion import Context
 from dfm_gan.inversion import inversion_config, load_inversion_model, save_inversion_model
 from dfm_gan.networks import generator_config
-from dfm_gan.quality import LatentRegressor, _scores, evaluate_inversion, held_out_contexts
+from dfm_gan.quality import (
+    LatentRegressor,
+    _scores,
+    evaluate_inversion,
+    held_out_contexts,
+    score_inversions,
+)
 
 REDUCED = {
     "dit_preset": "DiT-Tiny",
@@ -68,6 +74,26 @@ def test_regressor_is_deterministic_and_evaluation_runs():
     assert q.diversity_outside == 0.0  # deterministic: identical completions
     q2 = evaluate_inversion(model, g, resolution=8, num_contexts=2, num_samples=2, steps=2)
     assert math.isfinite(q2.psnr_patch_db) and q2.latent_rms_chance > 0
+
+
+def test_score_inversions_adds_the_chance_level_and_counts():
+    n, k, r = 3, 2, 4
+    gen = torch.Generator().manual_seed(0)
+    completions = torch.rand(n, k, 3, r, r, generator=gen) * 2 - 1
+    image = torch.rand(n, 3, r, r, generator=gen) * 2 - 1
+    mask = torch.zeros(n, 1, r, r)
+    mask[..., 1:3, 1:3] = 1
+    w = torch.randn(n, 5, generator=gen)
+    latents = torch.randn(n, k, 5, generator=gen)[:, :, None].expand(-1, -1, 4, -1)
+    q = score_inversions(completions, latents, image, mask, w)
+    psnr, diversity, err_out, latent_rms = _scores(completions, latents[:, :, 0], image, mask, w)
+    assert (q.psnr_patch_db, q.diversity_outside, q.error_outside, q.latent_rms) == (
+        psnr, diversity, err_out, latent_rms,
+    )  # fmt: skip
+    # Chance: mean over i of the RMS distance between w_i and w_{i-1} (cyclically).
+    pairs = [(w[i] - w[i - 1]).pow(2).mean().sqrt() for i in range(n)]
+    assert q.latent_rms_chance == pytest.approx(float(sum(pairs) / n), rel=1e-6)
+    assert (q.num_contexts, q.num_samples) == (n, k)
 
 
 def test_inversion_model_save_load_round_trip(tmp_path):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from dfm_core.diffusion import Context, DFMBatch, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
-from dfm_core.sampling import sample_ddim
+from dfm_core.sampling import SAMPLERS, StepInfo
 from dfm_core.schedules import ScheduleConfig
 from dfm_gan.networks import Generator, generator_config, truncate
 
@@ -578,8 +578,10 @@ def sample_inversions(
     steps: int = 50,
     guidance_scale: float = 1.0,
     seed: int | Sequence[int] = 0,
+    sampler: str = "ddim",
+    callback: Callable[[StepInfo], None] | None = None,
 ) -> InversionSamples:
-    """DDIM-sample ``num_samples`` latents per masked image and render them at full resolution.
+    """Sample ``num_samples`` latents per masked image and render them at full resolution.
 
     Args:
         model: from :meth:`InversionModelConfig.build`.
@@ -591,7 +593,12 @@ def sample_inversions(
         seed: one seed per image (an int ``s`` means ``s, s + 1, ...``); sample ``k`` of
             image ``b`` draws its noise from ``seeds[b] * 1000 + k`` alone, so it does not
             depend on the batch it is in.
+        sampler: a ``dfm_core.sampling.SAMPLERS`` name (paper: ``"ddim"``).
+        callback: called after every sampler step with its ``StepInfo`` (batch ``B * K``,
+            image-major; ``info.signal`` holds the latent estimates).
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
     batch = image.shape[0]
     seeds = (
         [int(seed) + b for b in range(batch)] if isinstance(seed, int) else [int(s) for s in seed]
@@ -612,12 +619,13 @@ def sample_inversions(
     generators = [
         torch.Generator(device="cpu").manual_seed(s * 1000 + j) for s in seeds for j in range(k)
     ]
-    out = sample_ddim(
+    out = SAMPLERS[sampler](
         denoiser,
         model.schedule,
         (batch * k, *image.shape[1:]),
         steps=steps,
         generator=generators,
+        callback=callback,
         device=device,
     )
     forward_model = model.forward_model

@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_inversion",
     "generator_fidelity",
     "held_out_contexts",
+    "score_inversions",
 ]
 
 
@@ -196,6 +197,22 @@ def evaluate_inversion(
             seed=seed,
         )
         latents, completions = out.latents, out.observations
+    return score_inversions(completions, latents, image, mask, w)
+
+
+def score_inversions(
+    completions: Tensor, latents: Tensor, image: Tensor, mask: Tensor, w: Tensor
+) -> InversionQuality:
+    """The metrics of :func:`evaluate_inversion` for completions sampled elsewhere.
+
+    Args:
+        completions: ``(N, K, 3, r, r)`` in [-1, 1], at the resolution of ``image``.
+        latents: ``(N, K, num_ws, w_dim)`` sampled latents (the first layer's code is
+            compared: every layer's is the same for ``latent="w"``).
+        image: ``(N, 3, r, r)`` the true images in [-1, 1].
+        mask: ``(N, 1, r, r)``, 1 on the visible patch.
+        w: ``(N, w_dim)`` the true latents.
+    """
     # Chance level: RMS distance between held-out latents and a shuffled copy of them.
     chance = (w - w.roll(1, dims=0)).square().mean(dim=-1).sqrt().mean()
     psnr, diversity, err_out, latent_rms = _scores(completions, latents[:, :, 0], image, mask, w)
@@ -205,8 +222,8 @@ def evaluate_inversion(
         error_outside=err_out,
         latent_rms=latent_rms,
         latent_rms_chance=float(chance) if math.isfinite(float(chance)) else float("nan"),
-        num_contexts=num_contexts,
-        num_samples=num_samples,
+        num_contexts=completions.shape[0],
+        num_samples=completions.shape[1],
     )
 
 
