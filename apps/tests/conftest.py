@@ -38,5 +38,5 @@ def tiny() -> list[str]:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny demo run (shared: tests that need one only read from it)."""
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["demo", "--run-dir", str(run_dir), *TINY]) == 0
+    assert main(["train", "projection", "--run-dir", str(run_dir), *TINY]) == 0
     return run_dir

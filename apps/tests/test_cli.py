@@ -42,7 +42,7 @@ def test_a_config_trains_the_same_weights_every_time(
 ) -> None:
     # This process's global RNG has been used since tiny_run trained: model init must not
     # depend on it.
-    assert main(["demo", "--run-dir", str(tmp_path), *tiny]) == 0
+    assert main(["train", "projection", "--run-dir", str(tmp_path), *tiny]) == 0
     for sub in ("", "baseline"):
         first, _ = load_weights(tiny_run / sub, ema=True)
         again, _ = load_weights(tmp_path / sub, ema=True)
@@ -57,13 +57,14 @@ def test_rerunning_the_demo_resumes_without_retraining(
     shutil.copytree(tiny_run, run_dir)
     checkpoint = run_dir / "checkpoints" / "step_000004" / "model.safetensors"
     before = checkpoint.stat().st_mtime_ns
-    assert main(["demo", "--run-dir", str(run_dir), *tiny]) == 0
+    assert main(["train", "projection", "--run-dir", str(run_dir), "--resume", *tiny]) == 0
     assert "resumed from step 4" in capsys.readouterr().out
     assert checkpoint.stat().st_mtime_ns == before  # nothing retrained, nothing rewritten
     assert _metric_steps(run_dir) == [1, 2, 3, 4]
     # A larger max_steps continues the same run from step 4.
     assert (
-        main(["train", "demo", "--run-dir", str(run_dir), "--resume", "trainer.max_steps=6"]) == 0
+        main(["train", "projection", "--run-dir", str(run_dir), "--resume", "trainer.max_steps=6"])
+        == 0
     )
     assert _metric_steps(run_dir) == [1, 2, 3, 4, 5, 6]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"] == 6
@@ -72,12 +73,15 @@ def test_rerunning_the_demo_resumes_without_retraining(
 def test_train_refuses_to_overwrite_or_reshape_a_run(
     tiny: list[str], tiny_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "demo", "--run-dir", str(tiny_run), *tiny]) == 2
+    assert main(["train", "projection", "--run-dir", str(tiny_run), *tiny]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", "demo", "--run-dir", str(tiny_run), "--resume", "model.hidden=32"]) == 2
+    assert (
+        main(["train", "projection", "--run-dir", str(tiny_run), "--resume", "model.hidden=32"])
+        == 2
+    )
     assert "model.hidden" in capsys.readouterr().err
     assert main(["train", "projection-6d", "--run-dir", str(tiny_run), "--resume"]) == 2
-    assert "preset 'demo'" in capsys.readouterr().err
+    assert "preset 'projection'" in capsys.readouterr().err
 
 
 def test_sample_draws_a_new_picture_from_the_ema_weights(
@@ -138,7 +142,7 @@ def test_data_without_dfm_data_says_so(
 def test_presets_command_lists_presets(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    assert "demo" in out and "projection-6d" in out
+    assert "projection" in out and "projection-6d" in out
 
 
 def test_installed_console_script() -> None:
@@ -147,5 +151,5 @@ def test_installed_console_script() -> None:
     result = subprocess.run(
         [str(script), "--help"], capture_output=True, text=True, timeout=60, check=True
     )
-    for command in ("demo", "train", "sample", "launch", "data"):
+    for command in ("demo", "eval", "export", "train", "sample", "launch", "data"):
         assert command in result.stdout

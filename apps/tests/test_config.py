@@ -16,8 +16,8 @@ def _dry_run(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 
 
 def test_presets_ship_inside_the_package() -> None:
-    assert {"demo", "projection-6d"} <= set(preset_names())
-    assert "signal_dim: 2" in preset_text("demo")
+    assert {"projection", "projection-6d"} <= set(preset_names())
+    assert "signal_dim: 2" in preset_text("projection")
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -34,8 +34,8 @@ def test_every_preset_validates_against_its_schema(name: str) -> None:
 
 
 def test_demo_dry_run_prints_preset_and_schema_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    printed = _dry_run(capsys, "demo")
-    preset = yaml.safe_load(preset_text("demo"))
+    printed = _dry_run(capsys, "train", "projection")
+    preset = yaml.safe_load(preset_text("projection"))
     assert printed["problem"]["signal_dim"] == 2 and printed["problem"]["observation_dim"] == 1
     assert printed["trainer"]["max_steps"] == preset["trainer"]["max_steps"]
     # Keys the YAML leaves out come from the dataclasses' defaults.
@@ -53,7 +53,7 @@ def test_overrides_apply_wherever_they_sit(capsys: pytest.CaptureFixture[str]) -
     printed = _dry_run(
         capsys,
         "train",
-        "demo",
+        "projection",
         "trainer.max_steps=7",
         "--run-dir",
         "somewhere",
@@ -67,24 +67,42 @@ def test_overrides_apply_wherever_they_sit(capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["train", "nope"], ["unknown preset 'nope'", "demo", "projection-6d"]),
-        (["demo", "trainer.bogus=3"], ["trainer.bogus", "valid keys under 'trainer'", "max_steps"]),
-        (["demo", "bogus=3"], ["'bogus'", "valid keys at the top level", "evaluation"]),
-        (["demo", "trainer.max_steps=abc"], ["trainer.max_steps", "abc"]),
-        (["demo", "trainer.max_steps=0"], ["max_steps", "positive integer"]),
-        (["demo", "model.context_dropout=0.1"], ["context_dropout"]),
-        (["demo", "evaluation.sampler=euler"], ["evaluation.sampler", "ddim"]),
-        (["demo", "problem.target_views=foo"], ["problem.target_views", "uniform", "complement"]),
-        (["demo", "problem.observation_dim=2"], ["problem.observation_dim", "< signal_dim = 2"]),
+        (["train", "nope"], ["unknown preset 'nope'", "projection", "projection-6d"]),
+        (
+            ["train", "projection", "trainer.bogus=3"],
+            ["trainer.bogus", "valid keys under 'trainer'", "max_steps"],
+        ),
+        (
+            ["train", "projection", "bogus=3"],
+            ["'bogus'", "valid keys at the top level", "evaluation"],
+        ),
+        (["train", "projection", "trainer.max_steps=abc"], ["trainer.max_steps", "abc"]),
+        (["train", "projection", "trainer.max_steps=0"], ["max_steps", "positive integer"]),
+        (["train", "projection", "model.context_dropout=0.1"], ["context_dropout"]),
+        (["train", "projection", "evaluation.sampler=euler"], ["evaluation.sampler", "ddim"]),
+        (
+            ["train", "projection", "problem.target_views=foo"],
+            ["problem.target_views", "uniform", "complement"],
+        ),
+        (
+            ["train", "projection", "problem.observation_dim=2"],
+            ["problem.observation_dim", "< signal_dim = 2"],
+        ),
         (
             ["train", "projection-6d", "problem.observation_dim=4"],
             ["problem.target_views='complement'", "2 * observation_dim <= signal_dim"],
         ),
-        (["demo", "problem.num_components=0"], ["problem.num_components", ">= 1"]),
-        (["demo", "schedule.name=quadratic"], ["schedule.name", "cosine", "linear", "sigmoid"]),
-        (["demo", "schedule.num_timesteps=1"], ["schedule.num_timesteps", ">= 2"]),
-        (["demo", "data.batch_size=0"], ["data.batch_size", ">= 1"]),
-        (["demo", "trainer.device=gpu"], ["TrainerConfig.device", "cuda:N", "'gpu'"]),
+        (["train", "projection", "problem.num_components=0"], ["problem.num_components", ">= 1"]),
+        (
+            ["train", "projection", "schedule.name=quadratic"],
+            ["schedule.name", "cosine", "linear", "sigmoid"],
+        ),
+        (["train", "projection", "schedule.num_timesteps=1"], ["schedule.num_timesteps", ">= 2"]),
+        (["train", "projection", "data.batch_size=0"], ["data.batch_size", ">= 1"]),
+        (
+            ["train", "projection", "trainer.device=gpu"],
+            ["TrainerConfig.device", "cuda:N", "'gpu'"],
+        ),
     ],
 )
 def test_bad_input_gives_a_clear_error(
@@ -99,4 +117,4 @@ def test_bad_input_gives_a_clear_error(
 
 def test_override_without_equals_sign_is_refused() -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        merge_overrides(load_preset("demo"), ["trainer.max_steps"])
+        merge_overrides(load_preset("projection"), ["trainer.max_steps"])

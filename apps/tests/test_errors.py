@@ -54,7 +54,8 @@ def test_non_finite_loss_is_one_line(
 ) -> None:
     status, err = _run(
         capsys,
-        "demo",
+        "train",
+        "projection",
         "--run-dir",
         str(tmp_path / "nan"),
         *tiny,
@@ -73,7 +74,7 @@ def test_all_checkpoints_damaged_is_one_line_and_newest_damaged_falls_back(
     run = _copy(tiny_run, tmp_path)
     # Newest DFM checkpoint damaged (same size): resume warns in one line and redoes it.
     _flip(run / "checkpoints" / "step_000004" / "model.safetensors")
-    status, err = _run(capsys, "train", "demo", "--run-dir", str(run), "--resume", *tiny)
+    status, err = _run(capsys, "train", "projection", "--run-dir", str(run), "--resume", *tiny)
     assert status == 0, err
     warning = [line for line in err.splitlines() if line.startswith("dfm: warning:")]
     assert len(warning) == 1
@@ -83,7 +84,7 @@ def test_all_checkpoints_damaged_is_one_line_and_newest_damaged_falls_back(
     # Every checkpoint damaged: refuse in one line (not a silent fresh start).
     for path in (run / "checkpoints").glob("step_*/model.safetensors"):
         _flip(path)
-    status, err = _run(capsys, "train", "demo", "--run-dir", str(run), "--resume", *tiny)
+    status, err = _run(capsys, "train", "projection", "--run-dir", str(run), "--resume", *tiny)
     line = _one_error_line(err)
     assert status == 1
     assert "every checkpoint" in line and "damaged" in line
@@ -121,7 +122,7 @@ def test_resuming_with_a_changed_model_names_the_fields(
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["model"]["depth"] = 3
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    status, err = _run(capsys, "train", "demo", "--run-dir", str(run), "--resume")
+    status, err = _run(capsys, "train", "projection", "--run-dir", str(run), "--resume")
     assert status == 2
     assert "model.depth (2 -> 3)" in _one_error_line(err)
 
@@ -134,7 +135,7 @@ def test_run_dir_that_is_a_file(
 ) -> None:
     blocker = tmp_path / "taken"
     blocker.write_text("not a directory")
-    status, err = _run(capsys, "demo", "--run-dir", str(blocker), *tiny)
+    status, err = _run(capsys, "train", "projection", "--run-dir", str(blocker), *tiny)
     line = _one_error_line(err)
     assert status == 1
     assert str(blocker) in line and "File exists" in line
@@ -154,7 +155,7 @@ def test_disk_full_while_checkpointing(
 
     monkeypatch.setattr(checkpoint, "_open_for_write", full_for_state)
     run = tmp_path / "full"
-    status, err = _run(capsys, "demo", "--run-dir", str(run), *tiny)
+    status, err = _run(capsys, "train", "projection", "--run-dir", str(run), *tiny)
     line = _one_error_line(err)
     assert status == 1
     assert line == (
@@ -175,7 +176,7 @@ def test_read_only_run_dir(
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
     monkeypatch.setattr(checkpoint, "_open_for_write", read_only)
-    status, err = _run(capsys, "demo", "--run-dir", str(tmp_path / "ro"), *tiny)
+    status, err = _run(capsys, "train", "projection", "--run-dir", str(tmp_path / "ro"), *tiny)
     line = _one_error_line(err)
     assert status == 1
     assert "cannot write" in line and "model.safetensors: Read-only file system" in line
@@ -189,7 +190,13 @@ def test_cuda_device_without_cuda(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     status, err = _run(
-        capsys, "demo", "--run-dir", str(tmp_path / "c"), *tiny, "trainer.device=cuda"
+        capsys,
+        "train",
+        "projection",
+        "--run-dir",
+        str(tmp_path / "c"),
+        *tiny,
+        "trainer.device=cuda",
     )
     line = _one_error_line(err)
     assert status == 1
@@ -228,10 +235,14 @@ def test_hostile_or_broken_config_yaml(
 @pytest.mark.parametrize(
     ("args", "status", "expected"),
     [
-        (["train", "demo", "--resume"], 2, "dfm train --resume needs --run-dir"),
+        (["train", "projection", "--resume"], 2, "dfm train --resume needs --run-dir"),
         (["train", "projection-6d", "--resume"], 2, "dfm train --resume needs --run-dir"),
-        (["launch", "demo", "--resume", "--local", "--dry-run"], 2, "--resume needs --run-dir"),
-        (["launch", "demo", "--local", "--nodes", "2", "--dry-run"], 2, "--nodes 2"),
+        (
+            ["launch", "projection", "--resume", "--local", "--dry-run"],
+            2,
+            "--resume needs --run-dir",
+        ),
+        (["launch", "projection", "--local", "--nodes", "2", "--dry-run"], 2, "--nodes 2"),
         (["sample", "/nonexistent/run"], 2, "not a run directory"),
     ],
 )
@@ -265,7 +276,7 @@ def test_sbatch_rejection_is_one_line(
     status, err = _run(
         capsys,
         "launch",
-        "demo",
+        "projection",
         "--slurm-partition",
         "nope",
         "--run-dir",
@@ -302,7 +313,7 @@ def test_an_unexpected_exception_is_still_one_line(
         raise KeyError("surprise")
 
     monkeypatch.setattr(runs, "execute", broken)
-    status, err = _run(capsys, "demo", "--run-dir", str(tmp_path / "x"))
+    status, err = _run(capsys, "train", "projection", "--run-dir", str(tmp_path / "x"))
     assert status == 1
     line = _one_error_line(err)
     assert "KeyError: 'surprise'" in line and "--debug" in line
@@ -313,10 +324,10 @@ def test_an_unexpected_exception_is_still_one_line(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_and_exits_with_one_line(tiny: list[str], tmp_path: Path, signum: int) -> None:
-    """A real `dfm demo` process signalled mid-training: checkpoint, one line, status 128+N."""
+    """A real `dfm train` process signalled mid-training: checkpoint, one line, status 128+N."""
     run = tmp_path / "sig"
     slow = [o for o in tiny if not o.startswith(("trainer.max_steps", "trainer.checkpoint_every"))]
-    args = ["demo", "--run-dir", str(run), *slow]
+    args = ["train", "projection", "--run-dir", str(run), *slow]
     args += ["trainer.max_steps=100000", "trainer.checkpoint_every=100000"]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(

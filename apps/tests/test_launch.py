@@ -57,12 +57,12 @@ def test_slurm_job_has_one_task_per_gpu(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_launch_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="slurm-partition"):
         LaunchOptions(cluster="slurm", partition=None)
-    assert main(["launch", "demo", "--gpus", "2", "--dry-run"]) == 2
+    assert main(["launch", "projection", "--gpus", "2", "--dry-run"]) == 2
     assert "--slurm-partition" in capsys.readouterr().err
 
 
 def test_checkpoint_requeues_the_same_job(tiny: list[str], tmp_path: Path) -> None:
-    job = TrainJob(to_container(load_preset("demo", tiny)), tmp_path)
+    job = TrainJob(to_container(load_preset("projection", tiny)), tmp_path)
     delayed = job.checkpoint()
     assert isinstance(delayed, DelayedSubmission)
     assert isinstance(delayed.function, TrainJob)
@@ -73,14 +73,24 @@ def test_debug_executor_runs_and_a_requeued_job_resumes(
     tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tmp_path / "run"
-    argv = ["launch", "demo", "--cluster", "debug", "--gpus", "0", "--run-dir", str(run_dir), *tiny]
+    argv = [
+        "launch",
+        "projection",
+        "--cluster",
+        "debug",
+        "--gpus",
+        "0",
+        "--run-dir",
+        str(run_dir),
+        *tiny,
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "submitted job" in out and "noise floor" in out
     assert json.loads((run_dir / "scores.json").read_text())["dfm_step"] == 4
     assert (run_dir / "submitit").is_dir()
     # What submitit does on preemption: submit the checkpoint()'s delayed submission again.
-    delayed = TrainJob(to_container(load_preset("demo", tiny)), run_dir).checkpoint()
+    delayed = TrainJob(to_container(load_preset("projection", tiny)), run_dir).checkpoint()
     executor = submitit.AutoExecutor(folder=tmp_path / "requeue", cluster="debug")
     result = executor.submit(delayed.function, *delayed.args, **delayed.kwargs).result()
     assert result is not None and result["resumed_from"] == 4

@@ -135,7 +135,7 @@ def test_a_trained_report_renders_clean_offline(
     browser: ModuleType, tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tmp_path / "run"
-    assert main(["train", "demo", "--run-dir", str(run_dir), *tiny]) == 0
+    assert main(["train", "projection", "--run-dir", str(run_dir), *tiny]) == 0
     capsys.readouterr()
     report = run_dir / "report.html"
 

@@ -157,7 +157,7 @@ def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
     # pre-emption, later ones as a time-out (a budget of 3); 20 min keeps it a pre-emption.
     job_id, _ = _submit(
         [
-            "demo",
+            "projection",
             "--slurm-partition",
             "debug",
             "--gpus",
@@ -188,7 +188,7 @@ def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
 
     # The uninterrupted reference, trained here while the job waits to start again.
     reference = tmp_path / "reference"
-    assert main(["train", "demo", "--run-dir", str(reference), *TRAIN]) == 0
+    assert main(["train", "projection", "--run-dir", str(reference), *TRAIN]) == 0
     capsys.readouterr()
 
     # 2. An administrator's `scontrol requeue` (SIGTERM, then SIGKILL): no checkpoint()
@@ -258,7 +258,7 @@ def test_two_task_gloo_jobs_across_two_emulated_nodes(
     small = [arg for arg in TRAIN if not arg.startswith("trainer.max_steps")]
     job_id, out = _submit(
         [
-            "demo",
+            "projection",
             "--slurm-partition",
             "debug",
             "--gpus",

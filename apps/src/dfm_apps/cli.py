@@ -2,9 +2,11 @@
 
 ::
 
-    dfm demo   [--run-dir DIR] [--dry-run] [KEY=VALUE ...]
+    dfm demo   [--run-dir DIR] [--only APP ...] [--seed N]
     dfm train  PRESET [--run-dir DIR] [--resume] [--dry-run] [KEY=VALUE ...]
     dfm sample RUN_DIR [--seed N] [--out DIR] [evaluation.KEY=VALUE ...]
+    dfm eval   RUN_DIR [--protocol NAME] [--seed N] [--out DIR] [evaluation.KEY=VALUE ...]
+    dfm export stylegan2 PKL OUT | dfm export scene RUN_DIR OUT
     dfm submit PRESET --slurm-partition P --gpus N --nodes N [--time MIN] [--local] [KEY=VALUE ...]
                (``dfm launch`` is the same command)
     dfm data   ...      (forwarded to dfm-data's command line)
@@ -29,6 +31,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dfm_apps import __version__
 from dfm_apps.presets import preset_names, preset_summary
@@ -54,14 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="train DFM + baseline on the 2-D projection problem and write a report (CPU, minutes)",
-        description="Train DFM and a regression baseline on the 2-D projection problem, score "
-        "both against the exact posterior, write samples.png, scores.json and report.html. "
-        "Rerunning with the same --run-dir resumes.",
+        help="every application on its shipped weights: pictures, videos, scores, report.html",
+        description="Run every application on the weights shipped with the packages (no "
+        "training; CPU, a few minutes): the exact-posterior figure of the 2-D projection "
+        "problem, one image -> K sampled 3D scenes with turntable and depth videos, one image "
+        "-> K motions, one masked patch -> K GAN completions. Writes DIR/report.html and one "
+        "folder per application, and prints a summary table. An application whose weights "
+        "are not installed is listed as such. To train instead: dfm train PRESET.",
     )
-    demo.add_argument("--run-dir", type=Path, help="run directory (default: runs/demo-<timestamp>)")
-    demo.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    demo.add_argument("--run-dir", type=Path, help="output folder (default: runs/demo-<timestamp>)")
+    demo.add_argument(
+        "--only",
+        nargs="+",
+        metavar="APP",
+        help="run only these applications (projection, scenes, motion, gan)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of inputs and samples (default 0)")
 
     train = sub.add_parser(
         "train", help="train a preset", description=f"Train a preset ({presets})."
@@ -92,6 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="evaluation.KEY=VALUE",
         help="evaluation overrides, e.g. evaluation.steps=20",
+    )
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="score a trained run with its application's evaluation protocol (metrics.json/.md)",
+        description="Load a run's EMA weights and run an evaluation protocol of its "
+        "application (3D: fixed context/target pairs, full-image and masked PSNR/SSIM/LPIPS/"
+        "FID, best-of-K PSNR, diversity, coverage). Writes metrics.json and metrics.md into "
+        "RUN_DIR/eval/<protocol>-seed<seed>/. Applications without named protocols run their "
+        "standard evaluation.",
+    )
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--protocol", help="protocol name (default: the application's first)")
+    evaluate.add_argument("--seed", type=int, help="sampler seed (default: the run's)")
+    evaluate.add_argument("--out", type=Path, help="output folder")
+    evaluate.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="evaluation.KEY=VALUE",
+        help="evaluation overrides, e.g. evaluation.num_samples=8",
     )
 
     launch = sub.add_parser(
@@ -137,14 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export",
-        help="convert weights: an official StyleGAN2-ADA pickle -> safetensors + JSON",
-        description="Read an official StyleGAN2-ADA network pickle WITHOUT executing code from "
-        "it (restricted unpickler; any unexpected global is refused by name), and write its "
-        "G_ema as OUT.safetensors plus OUT.json (dfm_gan.load_generator reads them).",
+        help="export a sampled 3D scene (point cloud + mesh), or convert a StyleGAN2 pickle",
+        description="`dfm export scene RUN_DIR OUT`: sample one 3D scene from a trained 3D "
+        "run's first held-out input and write it to the folder OUT as a coloured point cloud "
+        "(.ply, fused from rendered depth around the object) and a mesh (.ply and .obj with "
+        "vertex colours, marching cubes on the density field). "
+        "`dfm export stylegan2 PKL OUT`: read an official StyleGAN2-ADA network pickle WITHOUT "
+        "executing code from it (restricted unpickler; any unexpected global is refused by "
+        "name), and write its G_ema as OUT.safetensors plus OUT.json.",
     )
-    export.add_argument("kind", choices=("stylegan2",), help="what to convert")
-    export.add_argument("source", type=Path, metavar="PKL", help="the official .pkl file")
-    export.add_argument("out", type=Path, metavar="OUT", help="output path (suffix optional)")
+    export.add_argument("kind", choices=("scene", "stylegan2"), help="what to export")
+    export.add_argument(
+        "source", type=Path, metavar="SOURCE", help="a 3D run directory, or the official .pkl"
+    )
+    export.add_argument("out", type=Path, metavar="OUT", help="output folder / path")
+    export.add_argument("--seed", type=int, default=0, help="scene: sampler seed (default 0)")
     export.add_argument("--network", default="G_ema", help="network in the pickle (default G_ema)")
     sub.add_parser(
         "data", help="dataset tools (forwards to dfm-data: synth, validate)", add_help=False
@@ -213,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # parse_known_args + collecting KEY=VALUE leftovers lets overrides sit anywhere, even
     # between options after a positional (argparse alone matches `nargs="*"` only once).
     args, extra = parser.parse_known_args(args_list)
+    args.debug = debug
     stray = [
         arg
         for arg in extra
@@ -242,14 +281,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     # Errors propagate to `main`, which turns them into one line (or, with --debug,
     # lets the traceback through).
     if args.command == "demo":
-        return _train(
-            "demo",
-            args.overrides,
-            args.run_dir,
-            resume=True,
-            dry_run=args.dry_run,
-            command="demo",
-        )
+        return _demo(args)
     if args.command == "train":
         return _train(
             args.preset,
@@ -261,6 +293,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "sample":
         return _sample(args)
+    if args.command == "eval":
+        return _eval(args)
     if args.command in ("submit", "launch"):
         return _launch(args)
     if args.command == "export":
@@ -269,6 +303,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.kind == "scene":
+        return _export_scene(args)
     from dfm_gan import convert_official_pickle
 
     if not args.source.is_file():
@@ -295,9 +331,8 @@ def _run_dir(preset: str, run_dir: Path | None, *, resume: bool, command: str) -
     from dfm_apps.runs import RunError, default_run_dir
 
     if run_dir is None:
-        # `dfm demo` always resumes (its own run dir, if any); an explicit --resume
-        # without a run to continue would silently start a new run instead.
-        if resume and command != "demo":
+        # An explicit --resume without a run to continue would silently start a new run.
+        if resume:
             raise RunError(f"dfm {command} --resume needs --run-dir (the run to continue)")
         return default_run_dir(preset)
     return run_dir
@@ -331,35 +366,37 @@ def _train(
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
+def _load_run(
+    run_dir: Path, overrides: Sequence[str], seed: int | None, command: str
+) -> tuple[Any, Any, Any, Any, int]:
+    """A trained run, for sampling: (settings, merged config, application, trained, seed).
+
+    Only ``evaluation.*`` (and ``num_threads``) may be overridden: the rest fixed the weights.
+    """
     from dfm_apps.applications import application
     from dfm_apps.config import (
         ConfigError,
         frozen_differences,
         load_run_config,
         merge_overrides,
-        to_yaml,
         validate,
     )
-    from dfm_apps.report import format_scores
     from dfm_apps.runs import CONFIG_FILE, RunError, check_checkpoint_config
     from dfm_core.checkpoint import CheckpointCorruptError, CheckpointError
 
-    run_dir: Path = args.run_dir
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
     stored = load_run_config(run_dir / CONFIG_FILE)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    config = merge_overrides(stored, [*args.overrides, f"evaluation.seed={seed}"])
+    extra = [] if seed is None else [f"evaluation.seed={seed}"]
+    config = merge_overrides(stored, [*overrides, *extra])
     sampling_keys = ("evaluation", "num_threads")
     changed = frozen_differences(stored, config, [str(k) for k in stored if k not in sampling_keys])
     if changed:
         raise ConfigError(
-            "dfm sample: only evaluation.* (and num_threads) may be overridden, got "
+            f"dfm {command}: only evaluation.* (and num_threads) may be overridden, got "
             + ", ".join(changed)
         )
     settings = validate(config)
-    out = args.out if args.out is not None else run_dir / "samples" / f"seed-{seed}"
     try:
         check_checkpoint_config(run_dir, stored)
         app = application(settings.app)
@@ -370,7 +407,19 @@ def _sample(args: argparse.Namespace) -> int:
         raise RunError(
             f"{error} (train it first: dfm train {settings.name} --run-dir {run_dir})"
         ) from error
-    evaluation = app.evaluate(settings, trained, out, run_dir=run_dir, config_yaml=to_yaml(config))
+    return settings, config, app, trained, int(settings.evaluation.seed)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from dfm_apps.config import to_yaml
+    from dfm_apps.report import format_scores
+
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    settings, config, app, trained, seed = _load_run(args.run_dir, args.overrides, seed, "sample")
+    out = args.out if args.out is not None else args.run_dir / "samples" / f"seed-{seed}"
+    evaluation = app.evaluate(
+        settings, trained, out, run_dir=args.run_dir, config_yaml=to_yaml(config)
+    )
     print(
         f"{settings.name}: DFM step {trained.dfm_step}, baseline step {trained.baseline_step}, seed {seed}"
     )
@@ -378,6 +427,146 @@ def _sample(args: argparse.Namespace) -> int:
     for label, path in evaluation.files.items():
         print(f"  {label:<10} {path}")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from dfm_apps.config import ConfigError, to_yaml
+    from dfm_apps.report import format_scores
+
+    settings, config, app, trained, seed = _load_run(
+        args.run_dir, args.overrides, args.seed, "eval"
+    )
+    protocols: dict[str, str] = dict(getattr(app, "PROTOCOLS", {}))
+    if args.protocol is not None and args.protocol not in protocols:
+        known = (
+            ", ".join(sorted(protocols)) or "none (this application has one standard evaluation)"
+        )
+        raise ConfigError(
+            f"--protocol {args.protocol!r}: the {settings.app} application knows: {known}"
+        )
+    protocol = args.protocol or next(iter(protocols), "standard")
+    out = args.out if args.out is not None else args.run_dir / "eval" / f"{protocol}-seed{seed}"
+    if protocols:
+        evaluation = app.run_protocol(
+            settings, trained, out, protocol=protocol, run_dir=args.run_dir
+        )
+    else:
+        evaluation = app.evaluate(
+            settings, trained, out, run_dir=args.run_dir, config_yaml=to_yaml(config)
+        )
+    scores = evaluation.scores_dict()
+    files = dict(evaluation.files)
+    if not (out / "metrics.json").is_file():  # protocols write their own
+        plain = {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
+        (out / "metrics.json").write_text(json.dumps(plain, indent=2) + "\n")
+        rows = "\n".join(f"| {key} | {_format_value(value)} |" for key, value in plain.items())
+        (out / "metrics.md").write_text(f"| metric | value |\n|---|---|\n{rows}\n")
+    files.setdefault("metrics", out / "metrics.json")
+    print(f"{settings.name}: {protocol} protocol, DFM step {trained.dfm_step}, seed {seed}")
+    print(format_scores(scores))
+    for label, path in files.items():
+        print(f"  {label:<10} {path}")
+    return 0
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _export_scene(args: argparse.Namespace) -> int:
+    """One sampled scene of a 3D run's first held-out input, as point cloud and mesh files."""
+    import shutil
+    import tempfile
+
+    from dfm_apps.config import ConfigError
+
+    overrides = [
+        "evaluation.num_scenes=1",
+        "evaluation.num_samples=1",
+        "evaluation.export=true",
+        "evaluation.videos=false",
+        "evaluation.autoregressive_views=0",
+    ]
+    settings, _, app, trained, _ = _load_run(args.source, overrides, args.seed, "export")
+    if settings.app != "scenes":
+        raise ConfigError(
+            f"dfm export scene: {args.source} is a {settings.app!r} run; a 3D (scenes) run is needed"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dfm-export-") as work:
+        evaluation = app.evaluate(settings, trained, Path(work))
+        written = []
+        for path in evaluation.files.values():
+            if Path(path).suffix in (".ply", ".obj"):
+                target = args.out / Path(path).name
+                shutil.copyfile(path, target)
+                written.append(target)
+    if not written:
+        raise RuntimeError(f"{args.source}: the evaluation exported no point cloud or mesh")
+    for path in written:
+        print(f"dfm: wrote {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import time
+
+    from dfm_apps.applications import APPLICATIONS, MissingWeights, application
+    from dfm_apps.report import render_demo
+    from dfm_apps.runs import RunError, default_run_dir
+
+    names = list(APPLICATIONS) if not args.only else list(dict.fromkeys(args.only))
+    unknown = [name for name in names if name not in APPLICATIONS]
+    if unknown:
+        raise RunError(
+            f"--only {' '.join(unknown)}: unknown application; known: {', '.join(APPLICATIONS)}"
+        )
+    out: Path = args.run_dir if args.run_dir is not None else default_run_dir("demo")
+    out.mkdir(parents=True, exist_ok=True)
+    sections: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for name in names:
+        print(f"dfm demo: {name} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            section = application(name).demo(out / name, seed=args.seed)
+        except MissingWeights as error:
+            missing[name] = f"not run: weights not installed ({_one_line(str(error))})"
+            print(f"dfm: warning: {name}: {missing[name]}", file=sys.stderr)
+            continue
+        except Exception as error:  # one application failing must not hide the others
+            if args.debug:
+                raise
+            missing[name] = f"failed: {type(error).__name__}: {_one_line(str(error))}"
+            print(f"dfm: error: {name}: {missing[name]}", file=sys.stderr)
+            continue
+        section.seconds = time.perf_counter() - start
+        sections[name] = section
+    only = f" --only {' '.join(names)}" if args.only else ""
+    command = f"dfm demo --run-dir {out} --seed {args.seed}{only}"
+    page = render_demo(sections=sections, missing=missing, base=out, command=command)
+    report_path = out / "report.html"
+    tmp = report_path.with_name(f".tmp-report-{os.getpid()}.html")
+    tmp.write_text(page)
+    os.replace(tmp, report_path)
+    print(_demo_table(sections, missing))
+    print(f"\nreport: {report_path}")
+    failed = [name for name, why in missing.items() if why.startswith("failed")]
+    return 1 if failed else 0
+
+
+def _demo_table(sections: dict[str, Any], missing: dict[str, str]) -> str:
+    lines = [f"{'application':<12} {'seconds':>8}  headline figures"]
+    for name, section in sections.items():
+        figures = ", ".join(
+            f"{key} {_format_value(value)}" for key, value in section.scores.items()
+        )
+        lines.append(f"{name:<12} {section.seconds:>8.1f}  {figures}")
+    for name, why in missing.items():
+        lines.append(f"{name:<12} {'-':>8}  {why}")
+    return "\n".join(lines)
 
 
 def _launch(args: argparse.Namespace) -> int:

@@ -15,6 +15,11 @@ Run directory::
     scores.json          energy distances and ratios to the noise floor
     report.html          all of the above in one self-contained file
     samples/             further pictures from ``dfm sample``
+
+Shipped weights (``dfm demo``): ``weights/projection.safetensors`` in this package, the EMA
+weights of DFM (``dfm.*``) and the baseline (``baseline.*``) of a finished
+``dfm train projection`` run, with its resolved config in the file's metadata; written by
+``python -m dfm_apps.projection ship RUN_DIR`` (see ``weights/MODEL_CARD.md``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,14 @@ import torch
 from torch import Tensor
 
 from dfm_apps import plots, report
-from dfm_apps.applications import newest_checkpoint
-from dfm_apps.config import PROJECTION_FROZEN, EvaluationConfig, ProjectionConfig
+from dfm_apps.applications import DemoSection, MissingWeights, newest_checkpoint
+from dfm_apps.config import (
+    PROJECTION_FROZEN,
+    EvaluationConfig,
+    ProjectionConfig,
+    config_from_container,
+    validate,
+)
 from dfm_core.checkpoint import load_weights
 from dfm_core.diffusion import Context, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
@@ -47,15 +58,20 @@ from dfm_core.projection_problem import (
 from dfm_core.sampling import StepInfo, sample
 
 __all__ = [
+    "WEIGHTS",
     "Evaluation",
     "build_models",
+    "demo",
     "denoising_trajectory",
     "evaluate",
     "load_models",
+    "ship_weights",
     "train",
 ]
 
 BASELINE_DIR = "baseline"
+WEIGHTS = Path(__file__).parent / "weights" / "projection.safetensors"
+"""The shipped weights ``dfm demo`` samples from."""
 
 
 def build_models(config: ProjectionConfig) -> tuple[ForwardDiffusion, RegressionBaseline]:
@@ -331,7 +347,149 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------- shipped weights
+
+
+def ship_weights(run_dir: Path, path: Path | None = None) -> Path:
+    """Write a finished run's EMA weights (DFM and baseline) and config to one safetensors file.
+
+    Args:
+        run_dir: a ``dfm train projection`` run with complete checkpoints.
+        path: the file to write (default: the package's shipped weights, ``WEIGHTS``).
+    """
+    import yaml
+    from safetensors.torch import save_file
+
+    from dfm_apps.config import load_run_config, to_container
+
+    settings = validate(load_run_config(run_dir / "config.yaml"))
+    trained = load_models(settings, run_dir)
+    tensors = {f"dfm.{k}": v.contiguous() for k, v in trained.diffusion.state_dict().items()}
+    tensors |= {f"baseline.{k}": v.contiguous() for k, v in trained.baseline.state_dict().items()}
+    metadata = {
+        "config": yaml.safe_dump(to_container(load_run_config(run_dir / "config.yaml"))),
+        "dfm_step": str(trained.dfm_step),
+        "baseline_step": str(trained.baseline_step),
+    }
+    path = WEIGHTS if path is None else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def load_shipped(path: Path | None = None) -> tuple[ProjectionConfig, str, Trained]:
+    """The shipped models: (validated config, its YAML, the EMA models in eval mode).
+
+    Args:
+        path: a file written by ``ship_weights`` (default: ``WEIGHTS``).
+
+    Raises:
+        MissingWeights: no file at ``path``.
+    """
+    import yaml
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = WEIGHTS if path is None else path
+    if not path.is_file():
+        raise MissingWeights(
+            f"{path}: the projection demo's weights are missing; make them with "
+            "`dfm train projection --run-dir runs/projection` then "
+            "`python -m dfm_apps.projection ship runs/projection`"
+        )
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    config_yaml = metadata["config"]
+    settings = validate(config_from_container(yaml.safe_load(config_yaml), where=str(path)))
+    tensors = load_file(str(path))
+    diffusion, baseline = build_models(settings)
+    for prefix, model in (("dfm.", diffusion), ("baseline.", baseline)):
+        model.load_state_dict(
+            {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+    trained = Trained(
+        diffusion=diffusion.eval(),
+        baseline=baseline.eval(),
+        dfm_step=int(metadata["dfm_step"]),
+        baseline_step=int(metadata["baseline_step"]),
+        resumed_from=None,
+    )
+    return settings, config_yaml, trained
+
+
+def demo(out_dir: Path, *, seed: int = 0) -> DemoSection:
+    """The exact-posterior figure on the shipped weights: DFM vs baseline vs exact samples.
+
+    Args:
+        out_dir: where the pictures, scores.json and report.html go.
+        seed: seed of the held-out contexts and the sampler noise.
+    """
+    import dataclasses
+
+    settings, config_yaml, trained = load_shipped()
+    settings = dataclasses.replace(
+        settings, evaluation=dataclasses.replace(settings.evaluation, seed=seed)
+    )
+    evaluation = evaluate(settings, trained, out_dir, config_yaml=config_yaml)
+    scores = evaluation.scores_dict()
+    p, e = settings.problem, settings.evaluation
+    rows = [
+        ["DFM", f"{scores['dfm']:.4g}", f"{scores['dfm_ratio']:.1f}x"],
+        ["regression baseline", f"{scores['baseline']:.4g}", f"{scores['baseline_ratio']:.1f}x"],
+        ["noise floor (exact vs exact)", f"{scores['noise_floor']:.4g}", "1.0x"],
+    ]
+    return DemoSection(
+        title="Exact posterior: a 2-D signal seen through a 1-D projection",
+        summary=_summary_sentence(settings, trained),
+        scores={
+            "DFM / noise floor": scores["dfm_ratio"],
+            "baseline / noise floor": scores["baseline_ratio"],
+        },
+        command=f"dfm demo --only projection --seed {seed}",
+        tables=[
+            (
+                "energy distance to exact posterior samples",
+                ["samples", "energy distance", "/ noise floor"],
+                rows,
+            )
+        ],
+        images={
+            f"samples: exact vs DFM vs baseline, {min(e.plot_contexts, e.num_contexts)} held-out contexts (d={p.signal_dim}, k={p.observation_dim})": evaluation.files[
+                "samples"
+            ],
+            **(
+                {
+                    "the sampler's signal estimates along its trajectory": evaluation.files[
+                        "denoising"
+                    ]
+                }
+                if "denoising" in evaluation.files
+                else {}
+            ),
+        },
+    )
+
+
 CONFIG = ProjectionConfig
 """This application's structured config (see ``dfm_apps.applications``)."""
 FROZEN = PROJECTION_FROZEN
 """Config sections that fix the weights."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dfm_apps.projection ship RUN_DIR [OUT]``: ship a finished run's weights."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) not in (2, 3) or args[0] != "ship":
+        print("usage: python -m dfm_apps.projection ship RUN_DIR [OUT]", file=sys.stderr)
+        return 2
+    out = ship_weights(Path(args[1]), Path(args[2]) if len(args) == 3 else None)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

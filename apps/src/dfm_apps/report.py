@@ -12,7 +12,7 @@ from typing import Any
 
 from dfm_apps import plots
 
-__all__ = ["format_scores", "render_page", "render_report"]
+__all__ = ["format_scores", "render_demo", "render_page", "render_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -173,3 +173,73 @@ def render_page(
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _section_html(section: Any, base: Path, anchor: str) -> list[str]:
+    parts = [f'<h2 id="{html.escape(anchor)}">{html.escape(section.title)}</h2>']
+    parts.append(f"<p>{html.escape(section.summary)}</p>")
+    for caption, header, rows in section.tables:
+        parts.append(f"<h3>{html.escape(caption)}</h3><table><tr>")
+        parts += [f"<th>{html.escape(cell)}</th>" for cell in header]
+        parts.append("</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    for name, path in section.images.items():
+        parts += [f"<h3>{html.escape(name)}</h3>", _image(Path(path).read_bytes(), name)]
+    for name, path in section.videos.items():
+        source = html.escape(Path(path).relative_to(base).as_posix())
+        parts += [
+            f"<h3>{html.escape(name)}</h3>",
+            f'<video controls loop muted src="{source}"></video>',
+        ]
+    parts.append(f"<pre>{html.escape(section.command)}</pre>")
+    return parts
+
+
+def render_demo(
+    *,
+    sections: Mapping[str, Any],
+    missing: Mapping[str, str],
+    base: Path,
+    command: str,
+) -> str:
+    """``dfm demo``'s report: one section per application, a summary table on top.
+
+    Args:
+        sections: application name -> its ``DemoSection`` (files under ``base``).
+        missing: application name -> why it did not run (weights not shipped, an error).
+        base: the report's folder (videos are linked relative to it).
+        command: the command that reproduces the whole page.
+    """
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>DFM demo</title><style>{_STYLE}</style></head><body>",
+        "<h1>DFM demo: diffusion with forward models, on shipped weights</h1>",
+        "<p>Each application samples a signal that is only ever observed through a known "
+        "forward model (Tewari, Yin et al., NeurIPS 2023), from weights trained on this "
+        "project's synthetic worlds (see each package's MODEL_CARD.md).</p>",
+        "<table><tr><th>application</th><th>headline figures</th><th>seconds</th></tr>",
+    ]
+    for name, section in sections.items():
+        figures = ", ".join(f"{key} {_figure(value)}" for key, value in section.scores.items())
+        parts.append(
+            f'<tr><td><a href="#{html.escape(name)}">{html.escape(name)}</a></td>'
+            f"<td>{html.escape(figures)}</td><td>{section.seconds:.0f}</td></tr>"
+        )
+    for name, why in missing.items():
+        parts.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(why)}</td><td></td></tr>")
+    parts.append("</table>")
+    parts += ["<h2>reproduce</h2>", f"<pre>{html.escape(command)}</pre>"]
+    for name, section in sections.items():
+        parts += _section_html(section, base, name)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts += [f'<p class="note">written {stamp}</p>', "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _figure(value: float) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
