@@ -20,6 +20,11 @@ denoises, random loss patches on the target and novel views. Patch origins come 
 global RNG, which the trainer seeds per item (``dfm_core.data_order.SeededItems``), so an item
 stays a pure function of (seed, epoch, index).
 
+Real data (``data.format: co3d`` with ``synthesize: false``, e.g. the ``co3d-hydrant`` preset,
+or ``data.format: re10k``, the ``re10k`` preset) is scored by fixed context/target pairs instead:
+``PROTOCOLS`` and ``run_protocol`` (``dfm eval RUN_DIR --protocol NAME``), implemented in
+``dfm_apps.scene_protocols``, which also states which published protocol each figure follows.
+
 Scoring on the objects world (its ground truth says what the hidden back of each object is,
 and the world renders it exactly): given only the front view (frame 0),
 
@@ -47,6 +52,14 @@ import torch
 from torch.utils.data import Dataset
 
 from dfm_apps.applications import newest_checkpoint
+from dfm_apps.scene_protocols import (
+    PROTOCOLS,
+    ProtocolConfig,
+    check_protocol_weights,
+    evaluate_protocol,
+    run_protocol,
+    uses_protocol,
+)
 from dfm_core.checkpoint import list_checkpoints, load_weights
 from dfm_core.diffusion import DFMBatch, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
@@ -65,7 +78,11 @@ from dfm_render import (
 )
 
 __all__ = [
+    "DATA_FORMATS",
     "FROZEN",
+    "PROTOCOLS",
+    "DataRootError",
+    "ProtocolConfig",
     "SceneDataConfig",
     "SceneEvaluationConfig",
     "SceneTrainingSet",
@@ -75,6 +92,7 @@ __all__ = [
     "collate_scene_batches",
     "evaluate",
     "load_models",
+    "run_protocol",
     "scene_batch_from_views",
     "train",
 ]
@@ -99,14 +117,32 @@ class WorldConfig:
     """World seed (the held-out world uses ``evaluation.world_seed``)."""
 
 
+DATA_FORMATS = ("co3d", "re10k")
+"""Values of ``data.format``: the on-disk format dfm-data reads."""
+RE10K_LAYOUTS = ("torch", "mat", "txt")
+"""Values of ``data.layout`` (RealEstate10k only; ``dfm_data.RealEstate10kConfig.layout``)."""
+
+
+class DataRootError(FileNotFoundError):
+    """The dataset root of a real-data preset does not exist (the message says what to get)."""
+
+
 @dataclass
 class SceneDataConfig:
     """Training views."""
 
     root: str = "data/objects-world"
-    """Dataset root in the CO3D v2 layout (relative to the working directory)."""
+    """Dataset root (relative to the working directory): a CO3D v2 root (holding
+    ``<category>/frame_annotations.jgz``) or a RealEstate10k root in ``layout``."""
+    format: str = "co3d"
+    """``co3d`` (CO3D v2 layout: real CO3D or the objects world) or ``re10k``
+    (RealEstate10k, read by ``dfm_data.RealEstate10kConfig``)."""
+    layout: str = "torch"
+    """RealEstate10k layout: ``torch`` (pixelSplat chunks ``<root>/<split>/*.torch`` +
+    ``index.json``), ``mat`` (DFM's jpg folders + ``<split>.mat``) or ``txt`` (the official
+    camera files). Ignored for CO3D."""
     categories: list[str] = field(default_factory=lambda: ["orb"])
-    """Categories to read."""
+    """Categories to read (CO3D only)."""
     synthesize: bool = True
     """Write the objects world to ``root`` when it does not exist (synthetic data only)."""
     world: WorldConfig = field(default_factory=WorldConfig)
@@ -117,6 +153,21 @@ class SceneDataConfig:
     """Most frames between the context view and the target (24 = half an orbit)."""
     num_novel: int = 1
     """Extra views per item for the novel-view loss."""
+
+    def __post_init__(self) -> None:
+        if self.format not in DATA_FORMATS:
+            raise ValueError(
+                f"data.format: expected one of {list(DATA_FORMATS)}, got {self.format!r}"
+            )
+        if self.layout not in RE10K_LAYOUTS:
+            raise ValueError(
+                f"data.layout: expected one of {list(RE10K_LAYOUTS)}, got {self.layout!r}"
+            )
+        if self.synthesize and self.format != "co3d":
+            raise ValueError(
+                "data.synthesize: only the objects world (data.format=co3d) is synthesized; "
+                "set data.synthesize=false for RealEstate10k"
+            )
 
 
 @dataclass
@@ -156,6 +207,10 @@ class SceneEvaluationConfig:
     """Export the first object's first sample as a point cloud and a mesh (.ply, .obj)."""
     seed: int = 1234
     """Seed of the sampler noise."""
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    """Fixed-pair evaluation protocols (``dfm eval --protocol``; ``evaluate`` of the
+    real-data presets): pairs, metrics and the LPIPS/FID weight files
+    (``dfm_apps.scene_protocols``)."""
 
     def __post_init__(self) -> None:
         for name in ("num_scenes", "num_samples", "steps", "autoregressive_step"):
@@ -313,22 +368,65 @@ def ensure_world(root: Path, world: WorldConfig, *, seed: int, categories: list[
     return root
 
 
+_DOWNLOAD = {
+    "co3d": (
+        "CO3D v2 (https://github.com/facebookresearch/co3d: download the categories {categories} "
+        "with its download_dataset.py) and put it there, so that {root}/<category>/"
+        "frame_annotations.jgz exists, or pass data.root=PATH"
+    ),
+    "re10k": (
+        "RealEstate10k in the {layout!r} layout (torch: pixelSplat's preprocessed chunks, "
+        "https://github.com/dcharatan/pixelsplat, unpacked so that {root}/train/index.json and "
+        "{root}/test/index.json exist; mat/txt: the DFM / official camera layouts, see "
+        "packages/dfm-data/README.md) and put it there, or pass data.root=PATH data.layout=..."
+    ),
+}
+
+
+def check_data_root(data: SceneDataConfig) -> Path:
+    """The dataset root of a config, which must exist unless the objects world is synthesized.
+
+    Raises:
+        DataRootError: the root does not exist; the message names what to download and where
+            to put it.
+    """
+    root = Path(data.root)
+    if not root.is_dir() and not (data.synthesize and data.format == "co3d"):
+        how = _DOWNLOAD[data.format].format(
+            categories=", ".join(data.categories), root=root, layout=data.layout
+        )
+        raise DataRootError(f"data.root: {root} does not exist; download {how}")
+    return root
+
+
 def _views_dataset(config: ScenesConfig, root: Path, split: str, num_novel: int) -> Any:
-    from dfm_data import CO3DConfig, FrameSamplingConfig
+    """dfm-data's loader for ``data.format`` over ``root`` (views at the model's size)."""
+    from dfm_data import CO3DConfig, FrameSamplingConfig, RealEstate10kConfig
 
     model = config.model
+    sampling = FrameSamplingConfig(
+        num_context=model.num_context,
+        num_target=1,
+        num_novel=num_novel,
+        min_gap=config.data.min_gap,
+        max_gap=config.data.max_gap,
+    )
+    if config.data.format == "re10k":
+        return RealEstate10kConfig(
+            root=str(root),
+            layout=config.data.layout,  # type: ignore[arg-type]
+            split=split,  # type: ignore[arg-type]
+            image_size=model.image_size,
+            sampling=sampling,
+            near=model.near,
+            far=model.far,
+        ).build()
     return CO3DConfig(
         root=str(root),
         categories=tuple(config.data.categories),
         split=split,  # type: ignore[arg-type]
         image_size=model.image_size,
-        sampling=FrameSamplingConfig(
-            num_context=model.num_context,
-            num_target=1,
-            num_novel=num_novel,
-            min_gap=config.data.min_gap,
-            max_gap=config.data.max_gap,
-        ),
+        sampling=sampling,
         near=model.near,
         far=model.far,
         progress=False,
@@ -337,7 +435,7 @@ def _views_dataset(config: ScenesConfig, root: Path, split: str, num_novel: int)
 
 def training_set(config: ScenesConfig) -> SceneTrainingSet:
     """The training items of a config, synthesizing the objects world if asked to."""
-    root = Path(config.data.root)
+    root = check_data_root(config.data)
     if config.data.synthesize:
         ensure_world(
             root, config.data.world, seed=config.data.world.seed, categories=config.data.categories
@@ -376,8 +474,16 @@ def build_models(config: ScenesConfig) -> tuple[ForwardDiffusion, PixelNeRFBasel
 
 
 def train(config: ScenesConfig, run_dir: Path, *, run_config: dict[str, Any]) -> Trained:
-    """Train (or resume) the baseline, then DFM (initialised from it on a fresh run)."""
+    """Train (or resume) the baseline, then DFM (initialised from it on a fresh run).
+
+    Raises:
+        DataRootError: a real-data preset's dataset root does not exist.
+        MissingWeightsError: the evaluation after training will need LPIPS/FID weights that
+            are not there (checked first, not after hours of training).
+    """
     _set_threads(config)
+    if uses_protocol(config):
+        check_protocol_weights(config.evaluation.protocol)
     dataset = training_set(config)
     diffusion, baseline = build_models(config)
     base_trainer = Trainer(
@@ -666,7 +772,15 @@ def evaluate(
     run_dir: Path | None = None,
     config_yaml: str = "",
 ) -> Evaluation:
-    """Sample K scenes for held-out objects from their front view; score; write media + report."""
+    """Sample and score; write pictures, videos, scores.json and report.html.
+
+    The objects world synthesized by the run is scored on a held-out world (visible side,
+    palette of the hidden back: the module docstring). Real data (and any data the run did not
+    synthesize) is scored by the fixed-pair protocol of its format
+    (``dfm_apps.scene_protocols``), which also writes metrics.json and metrics.md.
+    """
+    if uses_protocol(config):
+        return evaluate_protocol(config, trained, out_dir, run_dir=run_dir, config_yaml=config_yaml)
     from dfm_apps import media, report
     from dfm_apps.image_metrics import psnr, ssim
 
