@@ -317,3 +317,14 @@ def test_demo_shows_what_it_claims() -> None:
     assert s["dfm_on_set"] > s["baseline_on_set"] + 0.2  # members, not the average
     assert s["dfm_distinct"] >= s["baseline_distinct"] + 1.0  # several members per sprite
     assert s["dfm_best_epe"] < s["baseline_best_epe"]
+
+
+def test_synthesize_never_writes_over_a_vimeo_folder(
+    septuplets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = sorted(p.relative_to(septuplets) for p in septuplets.rglob("*"))
+    argv = ["train", "motion-demo", "--run-dir", str(tmp_path / "run"), *TINY]
+    assert main([*argv, f"data.root={septuplets}"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("dfm: error: data.root:") and "data.synthesize=false" in line
+    assert sorted(p.relative_to(septuplets) for p in septuplets.rglob("*")) == before

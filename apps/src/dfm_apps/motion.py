@@ -308,6 +308,13 @@ def ensure_world(
     marker = root / "motion_ground_truth.json"
     if marker.is_file():
         return root
+    lists = sorted(p.name for p in root.glob("*_*list.txt")) if root.is_dir() else []
+    if lists:  # never write sprites over someone's Vimeo-90K
+        raise FileExistsError(
+            f"data.root: {root} holds {lists[0]} but no motion_ground_truth.json, so it is not "
+            "the synthetic motion world; set data.synthesize=false to train on it (or delete "
+            "it if it is a synthetic world whose writing was interrupted)"
+        )
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun every rank gets here: rank 0 writes the world, the others wait for
         # its ground truth (written last) instead of writing the same files concurrently.
