@@ -89,13 +89,24 @@ def rooms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def vgg_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised VGG16 `features` state dict named as torchvision's file."""
-    from torchvision.models.vgg import cfgs, make_layers
+    """A random VGG16 `features` state dict keyed as torchvision's file (He-scaled normals;
+    torchvision's own initialisation of the network takes seconds on a busy CPU)."""
+    from torchvision.models.vgg import cfgs
 
-    torch.manual_seed(0)
-    features = make_layers(cfgs["D"])
+    generator = torch.Generator().manual_seed(0)
+    state, index, channels = {}, 0, 3
+    for entry in cfgs["D"]:  # a conv is followed by a ReLU; "M" is a max-pool
+        if entry == "M":
+            index += 1
+            continue
+        scale = math.sqrt(2.0 / (channels * 9))
+        state[f"features.{index}.weight"] = (
+            torch.randn(entry, channels, 3, 3, generator=generator) * scale
+        )
+        state[f"features.{index}.bias"] = torch.zeros(entry)
+        index, channels = index + 2, entry
     path = tmp_path_factory.mktemp("weights") / "vgg16-random.pth"
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    torch.save(state, path)
     return path
 
 
@@ -176,7 +187,8 @@ def test_dfm_train_and_sample_re10k(rooms, tmp_path, capsys):
     from dfm_data import RealEstate10kConfig
 
     clips = RealEstate10kConfig(root=str(rooms), layout="torch", split="test").build().clips
-    index = {clips[0]: {"context": [0, 5], "target": [3, 4]}, "0000000000000000": None}
+    # Target 0 is the last frame, which looks back at the hidden wall.
+    index = {clips[0]: {"context": [0, 5], "target": [5, 3]}, "0000000000000000": None}
     index_file = tmp_path / "evaluation_index_re10k.json"
     index_file.write_text(json.dumps(index))
     run = tmp_path / "run"
@@ -192,13 +204,14 @@ def test_dfm_train_and_sample_re10k(rooms, tmp_path, capsys):
     assert record["protocol"] == "re10k" and "pixelSplat evaluation index" in record["pairs_source"]
     # One context (the model takes one view), both targets of the index.
     assert [(p["name"], p["context"], p["target"]) for p in record["pairs"]] == [
-        (clips[0], [0], [3, 4])
+        (clips[0], [0], [5, 3])
     ]
     figures, missing = record["metrics"], record["not_computed"]
     assert record["num_target_images"] == 2
     assert math.isfinite(figures["dfm_psnr_full"]) and math.isfinite(figures["dfm_ssim_full"])
     assert figures["dfm_psnr_masked"] is None and "no object masks" in missing["dfm_psnr_masked"]
     assert "lpips=false" in missing["dfm_lpips_full"]
+    assert 0 <= figures["dfm_palette_coverage"] <= 1  # the rooms world's ground truth
     folder = run / record["pairs"][0]["folder"]
     expected = [
         _psnr64(_png(folder / f"target{t}-sample{j}.png"), _png(folder / f"target{t}-truth.png"))
@@ -207,6 +220,35 @@ def test_dfm_train_and_sample_re10k(rooms, tmp_path, capsys):
     ]
     assert figures["dfm_psnr_full"] == pytest.approx(np.mean(expected), abs=1e-9)
     assert main(["sample", str(run), "--seed", "3"]) == 0
+
+
+def test_room_candidates_recognise_the_true_back_wall(rooms):
+    """The exact repainted renders match the loader's frame only in the clip's true colour."""
+    truth = json.loads((rooms.parent / "ground_truth.json").read_text())
+    config = scenes.ScenesConfig(
+        data=scenes.SceneDataConfig(root=str(rooms), format="re10k", synthesize=False)
+    )
+    config.model = config.model.reduced(16)
+    assert scene_protocols.world_truth(config, rooms) == truth
+    margin = config.evaluation.palette_margin
+    for split in ("train", "test"):
+        dataset = scenes._views_dataset(config, rooms, split, 0)
+        for index, clip in enumerate(dataset.clips):
+            item = scene_protocols._views_at(dataset, EvalPair(index, clip, (0,), (5,)))
+            candidates, hidden = scene_protocols.room_palette_candidates(
+                dataset, truth, index, item
+            )
+            assert hidden.sum() >= 16
+            frame = (item.target.images[:, 0] + 1) / 2
+            nearest, real, _ = scenes.classify_backs(frame, candidates, hidden, margin)
+            assert nearest.item() == truth["clips"][clip]["hidden_index"] and real.item()
+            other = (nearest.item() + 1) % len(candidates)
+            blend = (candidates[nearest.item()] + candidates[other])[None] / 2
+            assert not scenes.classify_backs(blend, candidates, hidden, margin)[1].item()
+            # The first camera never sees the wall behind it (that is the ambiguity).
+            item0 = scene_protocols._views_at(dataset, EvalPair(index, clip, (0,), (0,)))
+            _, hidden0 = scene_protocols.room_palette_candidates(dataset, truth, index, item0)
+            assert hidden0.sum() == 0
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -305,6 +347,54 @@ def test_masked_and_full_figures_differ_as_constructed():
     assert out["diversity_rmse"] == pytest.approx(0.1 * math.sqrt(80 / 256), abs=1e-9)
     assert out["ssim_full"] < 1
     assert out["fid_full"] is None and out["lpips_full"] is None  # no weights given: skipped
+
+
+def test_lpips_and_fid_see_whole_and_composited_images(monkeypatch):
+    """FID pools all K samples against the truths; masked LPIPS/FID see both images on the
+    background colour, and images with an empty mask are left out of the masked figures."""
+    calls = []
+
+    def fake_fid(a, b, *, weights_path, **_):
+        calls.append((a.clone(), b.clone(), weights_path))
+        return float(len(calls))
+
+    monkeypatch.setattr("dfm_apps.image_metrics.fid", fake_fid)
+    torch.manual_seed(1)
+    truth = torch.rand(3, 3, 12, 12, dtype=torch.float64)
+    samples = torch.rand(3, 2, 3, 12, 12, dtype=torch.float64)
+    mask = torch.zeros(3, 12, 12, dtype=torch.bool)
+    mask[:2, 2:8, 3:9] = True  # image 2: no object pixel
+
+    def l1(a, b):
+        return (a - b).abs().mean(dim=(1, 2, 3))
+
+    out = score_images(samples, truth, masks=mask, lpips=l1, fid_weights="w.pth", background=0.25)
+    assert (out["fid_full"], out["fid_masked"]) == (1.0, 2.0)
+    a, b, weights = calls[0]
+    assert weights == "w.pth"
+    assert torch.equal(a, samples.flatten(0, 1)) and torch.equal(b, truth)
+    on_bg = lambda x, m: torch.where(m[:, None], x, torch.full_like(x, 0.25))  # noqa: E731
+    a, b, _ = calls[1]
+    m2 = mask[:2].repeat_interleave(2, dim=0)
+    assert torch.equal(a, on_bg(samples[:2].flatten(0, 1), m2))
+    assert torch.equal(b, on_bg(truth[:2], mask[:2]))
+    expected_masked = np.mean(
+        [
+            float(
+                l1(on_bg(samples[i, j][None], mask[i][None]), on_bg(truth[i][None], mask[i][None]))
+            )
+            for i in range(2)
+            for j in range(2)
+        ]
+    )
+    assert out["lpips_masked"] == pytest.approx(expected_masked, abs=1e-12)
+    expected_full = np.mean(
+        [float(l1(samples[i, j][None], truth[i][None])) for i in range(3) for j in range(2)]
+    )
+    assert out["lpips_full"] == pytest.approx(expected_full, abs=1e-12)
+    assert out["diversity_lpips"] == pytest.approx(
+        float(l1(samples[:, 0], samples[:, 1]).mean()), abs=1e-12
+    )
 
 
 def test_a_single_sample_has_no_stochastic_figures():

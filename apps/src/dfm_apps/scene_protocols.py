@@ -10,7 +10,7 @@ Pairs (``PROTOCOLS``):
 
 * ``co3d`` (CO3D v2, or the objects world written in its layout): the category's
   ``eval_batches/eval_batches_fewview_dev.json`` when present (each batch is
-  ``[target, *sources]``; the first ``model.num_context`` sources are the context), over the
+  ``[target, *sources]``; the first ``protocol.num_context`` sources are the context), over the
   split ``evaluation.protocol.split`` (``test``: where CO3D's eval batches come from). Without
   that file, or with ``evaluation.protocol.eval_batches=false``: the seeded choice below.
   The original's own script used val sequences, context frame 0 and target frame 100, and
@@ -18,8 +18,9 @@ Pairs (``PROTOCOLS``):
 * ``re10k`` (RealEstate10k): the pixelSplat evaluation index
   (``evaluation.protocol.index_file``: ``{clip: {"context": [i, j], "target": [k, ...]}}``
   or ``null`` to skip a clip; positions in the clip's timestamp order) when given, its clips
-  in sorted order; the first ``model.num_context`` context positions are used (the DFM model
-  takes one view, pixelSplat's two). Without an index: the seeded choice below.
+  in sorted order; the first ``protocol.num_context`` context positions are used (one by
+  default: DFM's single-image setting; pixelSplat's index lists two). Without an index: the
+  seeded choice below (one context).
 * **Seeded choice** (documented, deterministic): sequences/clips in the loader's sorted order,
   the first ``num_pairs``; pair ``i`` draws from ``numpy.random.default_rng([pair_seed, i])``
   a gap ``g`` uniform in ``[data.min_gap, data.max_gap]`` (at most ``frames - 1``), then the
@@ -39,10 +40,12 @@ Metrics (per target image, averaged over images and samples; ``image_metrics`` d
   re-evaluation of DFM with the official code (hydrant: PSNR 23.37, LPIPS 0.133, FID 60.1).
   RealEstate10k has no masks: not computed.
 * **stochastic**: best-of-K PSNR (full and masked), mean pairwise RMSE (and LPIPS) between the
-  K samples, and, where the ground truth allows (the objects world's
-  ``synthetic_ground_truth.json``), palette coverage of the hidden back at the diffusion
-  target: the fraction of palette colours that at least one of the K samples shows (a
-  sample's back counts only when it is a real palette colour, ``evaluation.palette_margin``).
+  K samples, and, where the ground truth allows (the synthetic worlds read as real data: the
+  objects world's hidden back, the rooms world's wall behind the first camera), palette
+  coverage at the diffusion target: the fraction of palette colours that at least one of
+  the K samples shows over the hidden pixels (exact renders of the true scene painted with
+  each colour are the candidates; a sample counts only when it is a real palette colour,
+  ``evaluation.palette_margin``), and the fraction of samples that are one.
 
 LPIPS and FID need weight files the user downloads; a missing file is an error naming it,
 checked before any sampling. ``evaluation.protocol.lpips=false`` / ``fid=false`` switch them
@@ -55,6 +58,7 @@ and ``frames/<pair>/`` (context, truth, mask, sample and baseline PNGs).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,7 +90,7 @@ PROTOCOLS: dict[str, str] = {
     ),
     "re10k": (
         "RealEstate10k: pixelSplat evaluation index if given, else seeded pairs; full-image "
-        "PSNR/SSIM/LPIPS/FID, best-of-K PSNR, diversity"
+        "PSNR/SSIM/LPIPS/FID, best-of-K PSNR, diversity, palette coverage (rooms world)"
     ),
 }
 """Protocol name -> one line (``dfm eval --protocol NAME``); a protocol scores its own format."""
@@ -120,6 +124,9 @@ class ProtocolConfig:
     """Most pairs evaluated (the first ones of the chosen list)."""
     num_samples: int = 4
     """Samples K per pair (best-of-K, diversity and coverage need K >= 2)."""
+    num_context: int = 1
+    """Most context views per pair from an eval batch / index entry (1: the single-image
+    setting of the paper's figures; never more than ``model.num_context``)."""
     pair_seed: int = 0
     """Seed of the seeded pair choice (module docstring)."""
     eval_batches: bool = True
@@ -151,7 +158,7 @@ class ProtocolConfig:
                 f"evaluation.protocol.lpips_net: expected one of {list(LPIPS_NETS)}, "
                 f"got {self.lpips_net!r}"
             )
-        for name in ("num_pairs", "num_samples"):
+        for name in ("num_pairs", "num_samples", "num_context"):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"evaluation.protocol.{name}: expected >= 1, got {getattr(self, name)}"
@@ -363,6 +370,10 @@ def pixelsplat_index_pairs(
     return pairs, skipped
 
 
+def _num_context(config: Any) -> int:
+    return min(config.evaluation.protocol.num_context, config.model.num_context)
+
+
 def _choose_pairs(config: Any, protocol: str, dataset: Any) -> tuple[list[EvalPair], str]:
     """The pairs of a protocol and one sentence saying where they come from."""
     p = config.evaluation.protocol
@@ -382,7 +393,7 @@ def _choose_pairs(config: Any, protocol: str, dataset: Any) -> tuple[list[EvalPa
                     dataset,
                     f,
                     num_pairs=p.num_pairs - len(pairs),
-                    num_context=config.model.num_context,
+                    num_context=_num_context(config),
                 )
                 pairs += more
                 skipped += n
@@ -403,7 +414,7 @@ def _choose_pairs(config: Any, protocol: str, dataset: Any) -> tuple[list[EvalPa
                     "assets/evaluation_index_re10k.json, or null for seeded pairs)"
                 )
             pairs, skipped = pixelsplat_index_pairs(
-                names, lengths, path, num_pairs=p.num_pairs, num_context=config.model.num_context
+                names, lengths, path, num_pairs=p.num_pairs, num_context=_num_context(config)
             )
             source = (
                 f"pixelSplat evaluation index {path}, split {p.split!r}: {len(pairs)} pairs, "
@@ -464,6 +475,55 @@ def co3d_mask(dataset: Any, index: int, position: int, threshold: float) -> Tens
     size = dataset.config.image_size
     crop = resize_plane(mask[top : top + side, left : left + side], (size, size), nearest=False)
     return torch.from_numpy(crop > threshold)
+
+
+def world_truth(config: Any, root: Path) -> dict | None:
+    """The ground truth of a synthetic world read as real data, or None (real data).
+
+    The objects world keeps it in ``<root>/<category>/synthetic_ground_truth.json``; the rooms
+    world in ``ground_truth.json`` beside its layouts (``<world>/pixelsplat``, ``<world>/dfm``).
+    """
+    if config.data.format == "co3d":
+        path = root / config.data.categories[0] / "synthetic_ground_truth.json"
+        world = "objects"
+    else:
+        path = root.parent / "ground_truth.json"
+        world = "rooms"
+    if not path.is_file():
+        return None
+    truth = json.loads(path.read_text())
+    return truth if truth.get("world") == world else None
+
+
+def room_palette_candidates(
+    dataset: Any, truth: dict, index: int, item: Any, supersample: int = 4
+) -> tuple[Tensor, Tensor]:
+    """The target view 0 of a rooms-world clip with its back wall painted each palette colour.
+
+    The rooms world's hidden attribute is the colour of the wall behind the first camera. The
+    room is rendered exactly at the item's (absolute) target camera at the model's image size
+    (``supersample``^2 rays per pixel, close to the loader's antialiased resize of the frame).
+
+    Returns:
+        candidates ``(P, 3, S, S)`` in [0, 1], and hidden ``(S, S)`` bool: the pixels that show
+        the back wall (more than 90 % of their area).
+    """
+    from dfm_data.worlds.rooms import RoomScene, render_room
+
+    record = truth["clips"][dataset.clips[index]]
+    scene = RoomScene(**record["scene"])
+    size = dataset.config.image_size
+    c2w = (item.world_from_context[0].double() @ item.target.c2w[0, 0].double()).numpy()
+    k_px = item.target.intrinsics[0, 0].double().numpy() * size  # normalised -> pixels
+    renders, hidden = [], None
+    for colour in truth["palette"]:
+        walls = (*scene.wall_colours[:5], tuple(colour))
+        painted = dataclasses.replace(scene, wall_colours=walls)
+        out = render_room(painted, c2w, k_px, size, size, supersample)
+        renders.append(out["rgb"])
+        hidden = out["hidden"]
+    candidates = torch.from_numpy(np.stack(renders)).permute(0, 3, 1, 2).float()
+    return candidates, torch.from_numpy(hidden > 0.9)
 
 
 # ----------------------------------------------------------------------------- scores
@@ -567,7 +627,7 @@ def _reasons(
     if k < 2:
         why["best_of_k"] = why["diversity"] = why["palette"] = "not computed: needs K >= 2"
     if not has_truth:
-        why["palette"] = "not computed: no ground truth of the hidden side (objects world only)"
+        why["palette"] = "not computed: no ground truth of the hidden side (synthetic worlds only)"
     return why
 
 
@@ -643,10 +703,7 @@ def run_protocol(
     pairs, source = _choose_pairs(config, protocol, dataset)
     if not pairs:
         raise ValueError(f"no evaluation pair in split {p.split!r} of {root} ({source})")
-    truth_json = None
-    if protocol == "co3d":
-        gt = root / config.data.categories[0] / "synthetic_ground_truth.json"
-        truth_json = json.loads(gt.read_text()) if gt.is_file() else None
+    truth_json = world_truth(config, root)
     lpips = LPIPSMetric(p.lpips_net, backbone_path=_lpips_path(p)) if p.lpips else None
     out_dir = Path(out_dir)
     diffusion, baseline = trained.diffusion.eval(), trained.baseline.eval()
@@ -686,7 +743,10 @@ def run_protocol(
             ]
         if truth_json is not None and k >= 2:
             # Coverage of the hidden back at the diffusion target (objects world only).
-            candidates, hidden = palette_candidates(dataset, truth_json, pair.index, item)
+            if protocol == "co3d":
+                candidates, hidden = palette_candidates(dataset, truth_json, pair.index, item)
+            else:
+                candidates, hidden = room_palette_candidates(dataset, truth_json, pair.index, item)
             if hidden.sum() >= 4:
                 nearest, is_real, _ = classify_backs(
                     renders[:, 0], candidates, hidden, ev.palette_margin
