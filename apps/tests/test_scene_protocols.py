@@ -220,6 +220,11 @@ def test_dfm_train_and_sample_re10k(rooms, tmp_path, capsys):
     ]
     assert figures["dfm_psnr_full"] == pytest.approx(np.mean(expected), abs=1e-9)
     assert main(["sample", str(run), "--seed", "3"]) == 0
+    # `dfm eval` runs the same protocol into RUN/eval/<protocol>-seed<seed>/.
+    assert main(["eval", str(run), "--protocol", "re10k", "--seed", "3"]) == 0
+    again = json.loads((run / "eval" / "re10k-seed3" / "metrics.json").read_text())
+    assert again["pairs"] == record["pairs"] and again["protocol"] == "re10k"
+    assert (run / "eval" / "re10k-seed3" / "metrics.md").read_text().startswith("# Protocol")
 
 
 def test_room_candidates_recognise_the_true_back_wall(rooms):

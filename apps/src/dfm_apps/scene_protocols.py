@@ -74,13 +74,17 @@ __all__ = [
     "ProtocolConfig",
     "check_protocol_weights",
     "co3d_mask",
+    "default_protocol",
     "eval_batch_pairs",
     "evaluate_protocol",
+    "metrics_markdown",
     "pixelsplat_index_pairs",
+    "room_palette_candidates",
     "run_protocol",
     "score_images",
     "seeded_pairs",
     "uses_protocol",
+    "world_truth",
 ]
 
 PROTOCOLS: dict[str, str] = {
@@ -168,6 +172,11 @@ class ProtocolConfig:
                 "evaluation.protocol.mask_threshold: expected [0, 1) and background [0, 1], got "
                 f"{self.mask_threshold}, {self.background}"
             )
+
+
+def default_protocol(config: Any) -> str:
+    """The protocol that scores a config's data (``PROTOCOLS`` key = ``data.format``)."""
+    return str(config.data.format)
 
 
 def uses_protocol(config: Any) -> bool:
@@ -906,7 +915,7 @@ def evaluate_protocol(
     from dfm_apps import report
 
     out_dir = Path(out_dir)
-    protocol = config.data.format
+    protocol = default_protocol(config)
     evaluation = run_protocol(config, trained, out_dir, protocol=protocol, run_dir=run_dir)
     record = json.loads(evaluation.files["metrics"].read_text())
     (out_dir / "scores.json").write_text(json.dumps(evaluation.scores, indent=1))
