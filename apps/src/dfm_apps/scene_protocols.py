@@ -4,7 +4,8 @@ A protocol fixes *which* context/target pairs are scored and *how*, so a figure 
 compared with a published one. Both protocols sample K scenes per pair from its context
 view(s) (the first target camera is the one the diffusion denoises), render every sample
 and the pixelNeRF baseline at each target camera, write the frames as PNG files, and score
-the frames as written (uint8, as the original scored its saved frames offline).
+the frames as written (uint8; the original wrote such frames for an offline comparison it
+did not ship, so its frame choice and metric code are unknown).
 
 Pairs (``PROTOCOLS``):
 
@@ -31,13 +32,13 @@ Metrics (per target image, averaged over images and samples; ``image_metrics`` d
 
 * **full image**: PSNR (data range 1), SSIM (Wang et al.: 11x11 Gaussian, sigma 1.5), LPIPS
   (``lpips_net``, VGG by default) and FID (torch-fidelity's Inception, all K samples of every
-  target against the true targets). This is the protocol of the DFM paper's published CO3D
+  target against the true targets). The image region of the DFM paper's published CO3D
   hydrant figures (PSNR 17.47, LPIPS 0.42, FID 84.63) and of pixelSplat's RealEstate10k
   metrics (which use skimage's sample-covariance SSIM: a slightly different variant).
 * **masked object** (CO3D only: its foreground masks, ``> mask_threshold`` after the same
   crop and resize as the image): PSNR and SSIM over the object's pixels, LPIPS and FID on
-  both images composited on a constant ``background``. This is the protocol of the 2025
-  re-evaluation of DFM with the official code (hydrant: PSNR 23.37, LPIPS 0.133, FID 60.1).
+  both images composited on a constant ``background``. The region of the 2025 re-evaluation
+  of DFM with the official code (hydrant: PSNR 23.37, LPIPS 0.133, FID 60.1; Liao et al.).
   RealEstate10k has no masks: not computed.
 * **stochastic**: best-of-K PSNR (full and masked), mean pairwise RMSE (and LPIPS) between the
   K samples, and, where the ground truth allows (the synthetic worlds read as real data: the
@@ -633,6 +634,8 @@ def _reasons(
         why["fid"] = "not computed: FID needs at least 2 images per set"
     if not has_masks:
         why["masked"] = "not computed: this dataset has no object masks"
+    if has_truth:
+        why["palette"] = "not computed: no diffusion target shows the hidden side"
     if k < 2:
         why["best_of_k"] = why["diversity"] = why["palette"] = "not computed: needs K >= 2"
     if not has_truth:
@@ -751,7 +754,7 @@ def run_protocol(
                 m if m is not None else torch.zeros(size, size, dtype=torch.bool) for m in found
             ]
         if truth_json is not None and k >= 2:
-            # Coverage of the hidden back at the diffusion target (objects world only).
+            # Palette coverage of the hidden side at the diffusion target (synthetic worlds).
             if protocol == "co3d":
                 candidates, hidden = palette_candidates(dataset, truth_json, pair.index, item)
             else:
