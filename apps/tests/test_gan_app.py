@@ -168,7 +168,9 @@ def test_presets_match_dfm_gans_models() -> None:
 def test_demo_on_the_shipped_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = gan.GanEvaluationConfig(num_contexts=2, num_samples=3, steps=4, picture_contexts=2)
     monkeypatch.setattr(gan, "DEMO_EVALUATION", small)
+    threads = torch.get_num_threads()
     section = gan.demo(tmp_path / "demo", seed=1)
+    assert torch.get_num_threads() == threads  # the demo's one-thread setting is undone
     for path in [*section.images.values(), *section.videos.values()]:
         assert path.is_file() and path.stat().st_size > 0 and path.is_relative_to(tmp_path)
     assert section.scores and all(math.isfinite(v) for v in section.scores.values())
@@ -202,7 +204,7 @@ def test_scores_against_scikit_image_and_a_pixel_loop(shipped_completions: gan.C
     truth = ((result.image.double() + 1) / 2).numpy()
     mask = result.mask[:, 0].numpy() > 0.5  # (N, r, r)
     n, k = x.shape[:2]
-    psnrs, pairs = [], []
+    psnrs, pairs, best = [], [], []
     for i in range(n):
         rows, cols = np.nonzero(mask[i])
         top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
@@ -217,12 +219,23 @@ def test_scores_against_scikit_image_and_a_pixel_loop(shipped_completions: gan.C
             )
         outside = [(c, a, b) for c in range(3) for a in range(mask.shape[1])
                    for b in range(mask.shape[2]) if not mask[i, a, b]]  # fmt: skip
+        best.append(
+            min(
+                math.sqrt(sum((x[i, j, c, a, b] - truth[i, c, a, b]) ** 2 for c, a, b in outside)
+                          / len(outside))
+                for j in range(k)
+            )
+        )  # fmt: skip
         for j, m in itertools.combinations(range(k), 2):
             total = sum((x[i, j, c, a, b] - x[i, m, c, a, b]) ** 2 for c, a, b in outside)
             pairs.append(math.sqrt(total / len(outside)))
     assert dfm.psnr_patch_db == pytest.approx(float(np.mean(psnrs)), abs=1e-9)
     assert dfm.diversity_outside == pytest.approx(float(np.mean(pairs)), abs=1e-12)
     assert dfm.diversity_outside > 0
+    dfm_best, base_best = result.best_of_k_error_outside()
+    assert dfm_best == pytest.approx(float(np.mean(best)), abs=1e-12)
+    _, base = result.quality()
+    assert base_best == pytest.approx(base.error_outside, abs=1e-12)  # one answer: best = mean
 
 
 def test_app_scores_equal_the_model_cards_evaluation(shipped_completions: gan.Completions) -> None:
