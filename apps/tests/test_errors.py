@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 def _one_error_line(err: str) -> str:
     """The stderr of a failed command, checked to be one ``dfm: error:`` line, no traceback."""
-    lines = [line for line in err.splitlines() if not line.startswith("dfm: demo ->")]
+    lines = [line for line in err.splitlines() if not re.match(r"dfm: [\w.-]+ -> ", line)]
     assert "Traceback" not in err
     assert len(lines) == 1, err
     assert lines[0].startswith("dfm: error: "), err
