@@ -179,6 +179,30 @@ def test_frame_scores_match_scikit_image_per_image(tmp_path: Path) -> None:
     )
 
 
+def test_lpips_aggregates_per_image_distances_by_brute_force() -> None:
+    """Mean over all samples, best = the smallest distance per input, for any metric."""
+    g = torch.Generator().manual_seed(1)
+    n, k, h, w = 3, 4, 16, 16
+    truth = torch.rand(n, 1, 3, h, w, generator=g) * 2 - 1
+    frames = torch.rand(n, k, 1, 3, h, w, generator=g) * 2 - 1
+    base = torch.rand(n, 1, 3, h, w, generator=g) * 2 - 1
+    held = motion.HeldOut(list("abc"), truth[:, 0], truth, torch.tensor([1.0]))
+    zeros = torch.zeros(n, 2, h, w)
+    outputs = motion.MotionOutputs(zeros[:, None].expand(-1, k, -1, -1, -1), None, frames, zeros,
+                                   None, base)  # fmt: skip
+
+    def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).abs().mean(dim=(1, 2, 3))
+
+    scores = motion.frame_scores(outputs, held, lpips=l1)
+    unit = [[float((frames[i, j, 0] - truth[i, 0]).abs().mean()) / 2 for j in range(k)]
+            for i in range(n)]  # fmt: skip
+    assert scores["dfm_lpips"] == pytest.approx(np.mean(unit), rel=1e-6)
+    assert scores["dfm_best_lpips"] == pytest.approx(np.mean(np.min(unit, axis=1)), rel=1e-6)
+    expected = np.mean([float((base[i, 0] - truth[i, 0]).abs().mean()) / 2 for i in range(n)])
+    assert scores["baseline_lpips"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_the_true_flow_scores_perfectly_and_zero_motion_does_not(tmp_path: Path) -> None:
     """Oracle: the world's own flow (dfm-data's ``motion_flow``) as every sample, zero flow
     as the regressor, through the app's held-out reader and scoring."""
@@ -239,6 +263,25 @@ def test_dfm_train_and_sample_motion_demo(
     sampled = json.loads((out / "scores.json").read_text())
     assert sampled["seed"] == 3 and sampled["num_samples"] == 3.0
     assert all(v.is_file() for v in _video_sources(out / "report.html"))
+    # LPIPS on request: a missing backbone file is one line naming it; with one (randomly
+    # initialised AlexNet features, torchvision's key names) the table gains an LPIPS row.
+    assert main(["sample", str(run), "evaluation.lpips=alex",
+                 f"evaluation.lpips_backbone={tmp_path / 'none.pth'}"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.pth" in err[0], err
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    backbone = tmp_path / "alexnet-random.pth"
+    torch.save({f"features.{k}": v for k, v in alexnet().features.state_dict().items()}, backbone)
+    out = tmp_path / "lpips"
+    argv_lpips = ["sample", str(run), "--out", str(out), "evaluation.lpips=alex",
+                  f"evaluation.lpips_backbone={backbone}"]  # fmt: skip
+    assert main(argv_lpips) == 0
+    sampled = json.loads((out / "scores.json").read_text())
+    assert sampled["dfm_best_lpips"] <= sampled["dfm_lpips"]
+    assert all(math.isfinite(sampled[k]) for k in ("dfm_lpips", "baseline_lpips"))
+    assert "<td>LPIPS</td>" in (out / "report.html").read_text()
     # A rerun on the same directory resumes: nothing left to train.
     assert main([*argv, "--resume"]) == 0
     assert "resumed from step 2" in capsys.readouterr().out

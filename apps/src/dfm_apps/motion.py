@@ -29,8 +29,9 @@ Scores, given the context frame of each held-out clip only:
   [0, 1] images, MSE over all pixels and channels; SSIM of Wang et al. 2004, 11x11 Gaussian
   window, sigma 1.5) of the input warped by the predicted flow against the true target frame
   (time 1), averaged over inputs: DFM mean over its K samples, DFM best of K, and the
-  regressor's one answer. Splatting leaves holes (zeros) where the background was hidden;
-  they count as errors.
+  regressor's one answer; with ``evaluation.lpips`` also LPIPS v0.1 (VGG16 or AlexNet
+  backbone, stated in the report; best of K = the smallest distance). Splatting leaves holes
+  (zeros) where the background was hidden; they count as errors.
 * **Motions** (the synthetic world, whose ground truth says how every sprite moves): dfm-flow's
   ``dfm_flow.evaluation`` figures (issue 9, section 4). Each sprite's motion is the median
   flow over its visible interior, classified to the nearest member of the world's velocity set
@@ -215,6 +216,11 @@ class MotionEvaluationConfig:
     """Frames per video."""
     videos: bool = True
     """Write the per-input videos (mp4, and gif)."""
+    lpips: str | None = None
+    """Also score LPIPS v0.1 with this backbone: ``vgg`` (VGG16) or ``alex``; null: off."""
+    lpips_backbone: str | None = None
+    """torchvision's state-dict file of that backbone (null: the torch hub cache path); a
+    missing file is an error naming it and its URL (``dfm_apps.image_metrics.LPIPSMetric``)."""
     seed: int = 1234
     """Seed of the sampler noise (sample k of input n uses ``seed * 10**6 + n * K + k``)."""
 
@@ -227,6 +233,10 @@ class MotionEvaluationConfig:
         if self.sampler not in SAMPLERS:
             raise ValueError(
                 f"evaluation.sampler: expected one of {sorted(SAMPLERS)}, got {self.sampler!r}"
+            )
+        if self.lpips is not None and self.lpips not in ("vgg", "alex"):
+            raise ValueError(
+                f"evaluation.lpips: expected 'vgg', 'alex' or null, got {self.lpips!r}"
             )
         if not self.max_time > 0:
             raise ValueError(f"evaluation.max_time: expected > 0, got {self.max_time}")
@@ -560,13 +570,18 @@ def evaluate(
     out_dir = Path(out_dir)
     run_dir = out_dir if run_dir is None else Path(run_dir)
     diffusion, baseline = trained.diffusion.eval(), trained.baseline.eval()
+    lpips = None
+    if ev.lpips is not None:  # before sampling: a missing backbone file fails at once
+        from dfm_apps.image_metrics import LPIPSMetric
+
+        lpips = LPIPSMetric(ev.lpips, backbone_path=ev.lpips_backbone)  # type: ignore[arg-type]
     held = heldout_clips(config)
     outputs = sample_heldout(
         diffusion, baseline, held.images, held.times, num_samples=ev.num_samples,
         steps=ev.steps, sampler=ev.sampler, guidance_scale=ev.guidance_scale, seed=ev.seed,
         batch_size=ev.batch_size,
     )  # fmt: skip
-    scores, counts = score_all(outputs, held)
+    scores, counts = score_all(outputs, held, lpips=lpips)
     images, videos = write_media(
         out_dir, held, outputs, diffusion.forward_model, count=ev.num_pictures,
         max_time=ev.max_time, video_frames=ev.video_frames, videos=ev.videos,
@@ -598,7 +613,9 @@ def evaluate(
             f"{held.images.shape[0]} held-out clips ({where}); {ev.num_samples} motions each, "
             f"{ev.sampler} {ev.steps} steps, guidance {ev.guidance_scale:g}. The forward model "
             "splats the input by time x flow (constant velocity). Scores: see the tables "
-            "(PSNR on [0, 1] images over all pixels; SSIM with an 11x11 Gaussian window)."
+            "(PSNR on [0, 1] images over all pixels; SSIM with an 11x11 Gaussian window"
+            + (f"; LPIPS v0.1 with the {ev.lpips} backbone" if ev.lpips else "")
+            + ")."
         ),
         tables=score_tables(scores, ev.num_samples),
         images=images,

@@ -9,6 +9,7 @@ grid, the flow colour key and one video per input.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,9 +171,19 @@ def sample_heldout(
 # ----------------------------------------------------------------------------- scores
 
 
-def frame_scores(outputs: MotionOutputs, held: HeldOut) -> dict[str, float]:
-    """PSNR/SSIM of the warped input against the true target frame (time 1; see the module
-    docstring): DFM mean over samples and best of K, and the regressor."""
+def frame_scores(
+    outputs: MotionOutputs,
+    held: HeldOut,
+    *,
+    lpips: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> dict[str, float]:
+    """PSNR/SSIM (and LPIPS) of the warped input against the true target frame (time 1; see
+    ``dfm_apps.motion``): DFM mean over samples and best of K, and the regressor.
+
+    Args:
+        lpips: ``(pred (B, 3, H, W), target (B, 3, H, W)) in [0, 1] -> (B,)`` distances (an
+            ``image_metrics.LPIPSMetric``), or None to skip LPIPS.
+    """
     from dfm_apps.image_metrics import best_of_k_psnr, psnr, ssim
 
     def unit(x: Tensor) -> Tensor:
@@ -182,13 +193,21 @@ def frame_scores(outputs: MotionOutputs, held: HeldOut) -> dict[str, float]:
     samples = unit(outputs.frames[:, :, 0])  # (N, K, 3, H, W)
     flat_truth = truth[:, None].expand_as(samples).flatten(0, 1)
     base = unit(outputs.baseline_frames[:, 0])
-    return {
+    scores = {
         "dfm_psnr": float(psnr(samples.flatten(0, 1), flat_truth).mean()),
         "dfm_best_psnr": float(best_of_k_psnr(samples, truth).mean()),
         "dfm_ssim": float(ssim(samples.flatten(0, 1), flat_truth).mean()),
         "baseline_psnr": float(psnr(base, truth).mean()),
         "baseline_ssim": float(ssim(base, truth).mean()),
     }
+    if lpips is not None:
+        distances = lpips(samples.flatten(0, 1), flat_truth).double().view(samples.shape[:2])
+        scores |= {
+            "dfm_lpips": float(distances.mean()),
+            "dfm_best_lpips": float(distances.min(dim=1).values.mean()),
+            "baseline_lpips": float(lpips(base, truth).double().mean()),
+        }
+    return scores
 
 
 def motion_scores(outputs: MotionOutputs, held: HeldOut) -> tuple[dict[str, float], dict]:
@@ -242,6 +261,9 @@ def score_tables(scores: dict[str, float], k: int) -> list[tuple[str, list[str],
             ],
         )
     ]
+    if "dfm_lpips" in scores:
+        row = ["LPIPS", f("dfm_lpips", 3), f("dfm_best_lpips", 3), f("baseline_lpips", 3)]
+        tables[0][2].append(row)
     if "dfm_on_set" in scores:
         rows = [
             ["samples on the velocity set (within half its spacing)", f("dfm_on_set"),
@@ -373,9 +395,13 @@ def write_media(
 
 
 def score_all(
-    outputs: MotionOutputs, held: HeldOut
+    outputs: MotionOutputs,
+    held: HeldOut,
+    *,
+    lpips: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[dict[str, float], dict[str, list[int]]]:
-    scores = frame_scores(outputs, held)
+    """``frame_scores`` (+ ``motion_scores`` on the synthetic world) and the counts."""
+    scores = frame_scores(outputs, held, lpips=lpips)
     counts: dict[str, list[int]] = {}
     if held.clips is not None:
         sprite, counts = motion_scores(outputs, held)
