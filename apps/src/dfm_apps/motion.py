@@ -23,6 +23,10 @@ Items: a dfm-data ``FrameBatch`` (context, target and novel frames of one clip w
 frame numbers) becomes dfm-flow's ``DFMBatch`` through ``frames_to_batch``, which places the
 novel frames at their times under the constant-velocity assumption (Vimeo's im3 is time 2).
 
+Held-out clips: a synthetic world of seed ``evaluation.world_seed`` (never trained on) when
+``data.synthesize`` is on, else the data root's test list. Sampling, scoring and pictures live
+in ``dfm_apps.motion_heldout``; ``demo`` runs them on dfm-flow's shipped weights.
+
 Scores, given the context frame of each held-out clip only:
 
 * **Frames** (every dataset): PSNR and SSIM (``dfm_apps.image_metrics``: per-image PSNR on
