@@ -148,6 +148,7 @@ def test_missing_generator_says_what_to_download(
         ("model.dit_preset=DiT-Q", "model.dit_preset: expected one of ['DiT-B'"),
         ("evaluation.patch_fraction=0", "evaluation.patch_fraction: expected in (0, 1]"),
         ("evaluation.heldout=1", "unknown key 'evaluation.heldout'; valid keys under"),
+        ("model.novel_resolution=16", "model.novel_resolution: leave it null"),
     ],
 )
 def test_bad_key_or_value_is_one_line(

@@ -246,6 +246,11 @@ class GanConfig:
                 "model.generator_path / model.random_generator: leave them null/false; the "
                 "application reads the generator from generator.path"
             )
+        if m.novel_resolution is not None:
+            raise ValueError(
+                "model.novel_resolution: leave it null; dfm-gan's novel observation is always "
+                "the generator's full resolution"
+            )
         if m.latent not in ("w", "w+"):
             raise ValueError(f"model.latent: expected one of ['w', 'w+'], got {m.latent!r}")
         if m.dit_preset not in DIT_PRESETS:
