@@ -107,14 +107,16 @@ EVAL_BATCHES_SUBSET = "fewview_dev"
 
 FOLLOWS = {
     "full": (
-        "full image: the DFM paper's published CO3D hydrant protocol (PSNR 17.47, LPIPS 0.42, "
-        "FID 84.63) and pixelSplat's RealEstate10k metrics"
+        "whole images, the region of the DFM paper's published CO3D hydrant figures (PSNR "
+        "17.47, LPIPS 0.42, FID 84.63; its frame choice is not public) and of pixelSplat's "
+        "RealEstate10k metrics (whose SSIM uses sample covariances)"
     ),
     "masked": (
-        "object pixels only (PSNR/SSIM over the mask; LPIPS/FID composited on a constant "
-        "background): the 2025 re-evaluation of DFM (hydrant PSNR 23.37, LPIPS 0.133, FID 60.1)"
+        "object pixels only (PSNR/SSIM over the mask; LPIPS/FID on both images composited on "
+        "a constant background), the region of the 2025 re-evaluation of DFM with the official "
+        "code (hydrant PSNR 23.37, LPIPS 0.133, FID 60.1; Liao et al. 2025)"
     ),
-    "stochastic": "stochastic metrics over the K samples (no published counterpart)",
+    "stochastic": "over the K samples of each pair (no published counterpart)",
 }
 """Which published protocol each group of figures follows (written into metrics.json/md)."""
 
@@ -860,8 +862,8 @@ _ROWS = [
     ("best-of-K PSNR (dB)", "best_of_k_psnr", "masked"),
     ("diversity: mean pairwise RMSE", "diversity_rmse", None),
     ("diversity: mean pairwise LPIPS", "diversity_lpips", None),
-    ("palette coverage of the hidden back", "palette_coverage", None),
-    ("samples whose back is a palette colour", "palette_real_colour", None),
+    ("palette coverage of the hidden side", "palette_coverage", "hidden"),
+    ("samples whose hidden side is a palette colour", "palette_real_colour", "hidden"),
 ]
 
 
@@ -879,8 +881,8 @@ def metric_rows(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
     rows = []
     for label, metric, region in _ROWS:
-        key = f"{metric}_{region}" if region else metric
-        follows = "stochastic" if region is None or metric.startswith("best") else region
+        key = f"{metric}_{region}" if region in ("full", "masked") else metric
+        follows = region if metric in ("psnr", "ssim", "lpips", "fid") else "stochastic"
         if metric.startswith("lpips") and record.get("lpips_net"):
             label = f"{label} ({record['lpips_net'].upper()})"
         rows.append([label, region or "full", cell(f"dfm_{key}"), cell(f"baseline_{key}"), follows])
