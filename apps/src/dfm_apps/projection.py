@@ -375,6 +375,7 @@ def ship_weights(run_dir: Path, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     save_file(tensors, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)  # safetensors creates the file private; shipped weights are read by all
     os.replace(tmp, path)
     return path
 
