@@ -9,14 +9,18 @@ so a new package joins the matrix by existing. Session ids are the distribution 
 ``nox -s "tests(dfm-core)"``, ``nox -s "wheels(dfm-apps)"``. Arguments after ``--`` go to
 pytest: ``nox -s "tests(dfm-core)" -- -k sampling -x``.
 
+Two more run by default, and skip (saying why) where they cannot: they need root and
+Debian's archive (apt-get) unless their programs are installed already: ``slurm``
+(``dfm submit`` against a real Slurm started here) and ``browser`` (report.html in headless
+Chromium). CI is root with Debian's archive, so it runs them.
+
 Other sessions: ``slow``, ``bench``, ``gpu`` (pytest markers, all members in one
-environment), ``typecheck`` (mypy), ``demo`` (``dfm demo``), and two that need root and
-Debian's archive: ``slurm`` (``dfm submit`` against a real Slurm started here) and
-``browser`` (report.html in headless Chromium).
+environment), ``typecheck`` (mypy), ``demo`` (``dfm demo``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -37,7 +41,7 @@ else:  # nox depends on tomli below 3.11
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "yes"  # `uv sync` makes a reused environment exact again
-nox.options.sessions = ["lint", "tests", "wheels"]
+nox.options.sessions = ["lint", "tests", "wheels", "slurm", "browser"]
 
 ROOT = Path(__file__).parent.resolve()
 PYPROJECT = ROOT / "pyproject.toml"
@@ -341,6 +345,15 @@ def _run_apps_marked(session: nox.Session, marker: str) -> None:
         session.error(f"no dfm-apps test is marked `{marker}`")
 
 
+def _require_system(session: nox.Session, programs: list[str], package: str) -> None:
+    """Skip the session where its programs are missing and cannot be installed here."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    if all(shutil.which(name, path=path) for name in programs):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        session.skip(f"{package} is not installed and installing it needs root and apt-get")
+
+
 @nox.session
 def slurm(session: nox.Session) -> None:
     """`dfm submit` against a real Slurm on this machine (root; installs Debian's munge,
@@ -348,9 +361,13 @@ def slurm(session: nox.Session) -> None:
     ends with the weights of an uninterrupted run; 2-task gloo jobs across two emulated
     nodes. tools/slurm_cluster.py starts the daemons and stops exactly those, also when
     a test fails. A few minutes."""
+    _require_system(session, ["slurmctld", "slurmd", "munged", "sbatch"], "slurm")
     _sync_all(session)
     cluster = str(ROOT / "tools" / "slurm_cluster.py")
-    session.run("python", cluster, "install")
+    try:
+        session.run("python", cluster, "install")
+    except CommandFailed:
+        session.skip("could not install Debian's slurm packages (apt-get failed: no archive?)")
     try:
         _run_apps_marked(session, "slurm")
     finally:
@@ -362,5 +379,16 @@ def browser(session: nox.Session) -> None:
     """report.html in headless Chromium (installs Debian's chromium if missing; root):
     a screenshot, and a failure on any broken image/video reference, request leaving
     the machine or console error (tools/browser_check.py). Under a minute."""
+    _require_system(session, ["chromium"], "chromium")
     _sync_all(session)
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser")):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            session.run("apt-get", "update", "-qq", external=True, env=env)
+            session.run(
+                "apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium",
+                external=True, env=env,
+            )  # fmt: skip
+        except CommandFailed:
+            session.skip("could not install Debian's chromium (apt-get failed: no archive?)")
     _run_apps_marked(session, "browser")
