@@ -195,12 +195,13 @@ def _demo_model() -> InversionModelConfig:
 
 
 def _demo_trainer() -> TrainerConfig:
-    # The recipe of the shipped weights (dfm-gan MODEL_CARD.md): AdamW 5e-4, 100 warm-up
-    # steps, grad-norm clip 1, EMA 0.99, batch 16; items are rendered in-process.
+    # The recipe of the shipped weights (dfm-gan MODEL_CARD.md): AdamW 5e-4 (torch's default
+    # betas), 100 warm-up steps, grad-norm clip 1, EMA 0.99, batch 16; items are rendered
+    # in-process.
     return TrainerConfig(
         max_steps=2600,
         batch_size=16,
-        optimizer=OptimizerConfig(lr=5e-4, warmup_steps=100),
+        optimizer=OptimizerConfig(lr=5e-4, betas=(0.9, 0.999), warmup_steps=100),
         grad_clip=1.0,
         ema_decay=0.99,
         num_workers=0,
