@@ -306,7 +306,13 @@ def test_dfm_train_vimeo_on_a_septuplet_folder(
 
 
 def test_demo_runs_on_the_shipped_weights(tmp_path: Path) -> None:
-    section = motion.demo(tmp_path, num_inputs=4, num_pictures=2, num_samples=2, steps=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        section = motion.demo(tmp_path, num_inputs=4, num_pictures=2, num_samples=2, steps=2)
+        assert torch.get_num_threads() == 2  # the demo ran on one thread and restored this
+    finally:
+        torch.set_num_threads(threads)
     files = [*section.images.values(), *section.videos.values()]
     assert len(section.videos) == 2 and len(section.images) == 2
     for path in files:
