@@ -175,7 +175,7 @@ def test_dfm_train_and_sample_co3d_hydrant(hydrants, vgg_file, tmp_path, capsys)
     assert (run / "report.html").is_file() and (run / "pairs.png").is_file()
 
     # `dfm sample` on the run scores the same pairs with new sampler noise.
-    assert main(["sample", str(run), "--seed", "7"]) == 0
+    assert main(["sample", str(run), "--seed", "7", "evaluation.protocol.lpips=false"]) == 0
     out = run / "samples" / "seed-7"
     again = json.loads((out / "metrics.json").read_text())
     assert [p["target"] for p in again["pairs"]] == [p["target"] for p in record["pairs"]]
@@ -481,3 +481,44 @@ def test_run_protocol_refuses_another_format(hydrants):
         scene_protocols.run_protocol(config, None, Path("unused"), protocol="re10k")
     with pytest.raises(ValueError, match="expected one of"):
         scene_protocols.run_protocol(config, None, Path("unused"), protocol="dtu")
+
+
+def _untrained(config: scenes.ScenesConfig) -> scenes.Trained:
+    diffusion, baseline = scenes.build_models(config)
+    return scenes.Trained(diffusion.eval(), baseline.eval(), 0, 0, None)
+
+
+def test_run_protocol_directly_seeded_pairs_are_reproducible(hydrants, tmp_path):
+    """Without eval batches the documented seeded pairs are scored; a rerun writes the same
+    metrics.json; missing LPIPS weights stop it before anything is written."""
+    config = scenes.ScenesConfig(
+        name="direct",
+        model=scene_config("co3d-hydrant").reduced(16),
+        data=scenes.SceneDataConfig(
+            root=str(hydrants), categories=["hydrant"], synthesize=False, min_gap=1, max_gap=3
+        ),
+    )
+    config.evaluation.steps = 2
+    config.evaluation.protocol = ProtocolConfig(
+        num_pairs=2, num_samples=2, eval_batches=False, lpips=False, fid=False, pair_seed=11
+    )
+    trained = _untrained(config)
+    first = scene_protocols.run_protocol(config, trained, tmp_path / "a", protocol="co3d")
+    second = scene_protocols.run_protocol(config, trained, tmp_path / "b", protocol="co3d")
+    record = json.loads(first.files["metrics"].read_text())
+    assert record["pairs_source"].startswith("seeded choice (switched off)")
+    dataset = scenes._views_dataset(config, hydrants, "test", 0)
+    names = [name for _, name in dataset.sequences]
+    expected = seeded_pairs(
+        names, [len(dataset.frames[n]) for n in names], num_pairs=2, seed=11, min_gap=1, max_gap=3
+    )
+    assert [(p["name"], tuple(p["context"]), tuple(p["target"])) for p in record["pairs"]] == [
+        (p.name, p.context, p.target) for p in expected
+    ]
+    assert first.files["metrics"].read_text() == (second.files["metrics"].read_text())
+    assert first.scores_dict() == second.scores_dict()
+    config.evaluation.protocol.lpips = True
+    config.evaluation.protocol.lpips_weights = str(tmp_path / "absent.pth")
+    with pytest.raises(MissingWeightsError, match=r"absent\.pth"):
+        scene_protocols.run_protocol(config, trained, tmp_path / "c", protocol="co3d")
+    assert not (tmp_path / "c").exists()
