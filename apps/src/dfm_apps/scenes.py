@@ -174,7 +174,12 @@ class SceneDataConfig:
 
 @dataclass
 class SceneEvaluationConfig:
-    """Sampling and scoring held-out objects."""
+    """Sampling and scoring held-out objects.
+
+    The fixed-pair protocols (real data, ``dfm eval``) read ``protocol`` and the sampler
+    settings (``steps``, ``sampler``, ``guidance_scale``, ``temperature``, ``seed``) and
+    ``palette_margin``; the other fields concern the objects world's held-out evaluation.
+    """
 
     num_scenes: int = 4
     """Held-out objects, each seen only from its front view."""
