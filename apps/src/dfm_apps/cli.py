@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "standard evaluation.",
     )
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    evaluate.add_argument("--protocol", help="protocol name (default: the application's first)")
+    evaluate.add_argument(
+        "--protocol", help="protocol name (default: the one matching the run's data)"
+    )
     evaluate.add_argument("--seed", type=int, help="sampler seed (default: the run's)")
     evaluate.add_argument("--out", type=Path, help="output folder")
     evaluate.add_argument(
@@ -446,7 +448,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--protocol {args.protocol!r}: the {settings.app} application knows: {known}"
         )
-    protocol = args.protocol or next(iter(protocols), "standard")
+    default = getattr(app, "default_protocol", None)
+    protocol = args.protocol or (
+        default(settings) if callable(default) and protocols else next(iter(protocols), "standard")
+    )
     out = args.out if args.out is not None else args.run_dir / "eval" / f"{protocol}-seed{seed}"
     if protocols:
         evaluation = app.run_protocol(
