@@ -149,7 +149,7 @@ def test_demo_writes_the_files_it_returns(demo) -> None:
 
     section, out = demo
     k, objects = TINY_DEMO["num_samples"], TINY_DEMO["num_objects"]
-    assert section.command == "dfm demo --only scenes"
+    assert section.command == "dfm demo --only scenes --seed 3"
     (picture,) = section.images.values()
     with Image.open(picture) as image:
         image.verify()
@@ -185,6 +185,7 @@ def test_demo_scores_are_finite_and_the_samples_differ(demo) -> None:
     assert section.scores["dfm_back_spread"] > 1e-3
     saved = json.loads((out / "scores.json").read_text())
     assert len(set(saved["seeds"])) == len(saved["seeds"]) == 2 * TINY_DEMO["num_samples"]
+    assert saved["world_seed"] == scene_demo.WORLD_SEED + 3  # inputs follow the seed too
     assert saved["dfm_visible_psnr"] == section.scores["dfm_visible_psnr"]
     # One table row per object: name, true colour, baseline, K samples.
     rows = section.tables[1][2]
