@@ -394,23 +394,28 @@ def run_demo(
 def _videos(
     out_dir: Path, dfm: Any, base: Any, frames: list[int], turntable: list[int], config: Any
 ) -> dict[str, Path]:
-    """Turntable and depth videos: the baseline, then the K samples, side by side (mp4 + gif)."""
+    """Turntable and depth videos: the baseline, then the K samples, side by side and captioned
+    (mp4 + gif)."""
     from dfm_apps import media
 
     at = [frames.index(f) for f in turntable]
     rgb = torch.cat([base.observation[:, at], dfm.observation[:, at]])  # (1 + K, T, 3, H, W)
     depth = torch.cat([base.depth[:, at], dfm.depth[:, at]])[:, :, 0]  # (1 + K, T, H, W)
-    columns, count = rgb.shape[0], len(at)
-    strip = rgb.permute(1, 3, 0, 4, 2).reshape(count, rgb.shape[3], -1, 3)  # (T, H, (1+K) W, 3)
-    strip = strip.repeat_interleave(_UPSCALE, 1).repeat_interleave(_UPSCALE, 2)
-    depth_strip = depth.permute(1, 2, 0, 3).reshape(count, depth.shape[2], -1)
-    depth_strip = depth_strip.repeat_interleave(_UPSCALE, 1).repeat_interleave(_UPSCALE, 2)
-    rgb_frames = media.to_uint8_frames((strip.clamp(-1, 1) + 1) / 2)
-    depth_frames = media.colorize_depth(depth_strip, vmin=config.near, vmax=config.far)
-    assert rgb_frames.shape[2] == columns * rgb.shape[-1] * _UPSCALE
+    columns, count = rgb.shape[:2]
+    captions = ["baseline", *[f"sample {j}" for j in range(columns - 1)]]
+    rgb_tiles = _tiles(rgb.transpose(0, 1).flatten(0, 1))  # (T (1 + K), H', W', 3)
+    depth_up = depth.transpose(0, 1).flatten(0, 1)  # (T (1 + K), H, W)
+    depth_up = depth_up.repeat_interleave(_UPSCALE, 1).repeat_interleave(_UPSCALE, 2)
+    depth_tiles = media.colorize_depth(depth_up, vmin=config.near, vmax=config.far)
     files = {}
     fps = max(1.0, count / 4)  # one turn in about 4 s
-    for kind, video in (("turntable", rgb_frames), ("depth", depth_frames)):
+    for kind, tiles in (("turntable", rgb_tiles), ("depth", depth_tiles)):
+        video = np.stack(
+            [
+                media.image_grid(tiles[t * columns : (t + 1) * columns], captions=captions)
+                for t in range(count)
+            ]
+        )
         for suffix in (".mp4", ".gif"):
             files[f"{kind}{suffix}"] = media.write_video(
                 out_dir / f"{kind}{suffix}", video, fps=fps
