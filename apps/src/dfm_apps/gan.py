@@ -422,8 +422,8 @@ def train(config: GanConfig, run_dir: Path, *, run_config: dict[str, Any]) -> Tr
     resumed = dfm_trainer.resume()
     dfm_trainer.train()
     result = Trained(
-        diffusion=dfm_trainer.ema_model().model.cpu().eval(),  # type: ignore[union-attr]
-        baseline=base_trainer.ema_model().model.cpu().eval(),  # type: ignore[union-attr]
+        diffusion=dfm_trainer.ema_model().model.eval(),  # type: ignore[union-attr]
+        baseline=base_trainer.ema_model().model.eval(),  # type: ignore[union-attr]
         dfm_step=dfm_trainer.step,
         baseline_step=base_trainer.step,
         resumed_from=resumed,
@@ -521,6 +521,9 @@ def complete_held_out(
 ) -> Completions:
     """Held-out generator samples seen through one patch each, completed by both models.
 
+    Sampling runs on the models' device; the held-out set and every returned tensor are on
+    the CPU.
+
     Args:
         diffusion: the DFM inversion model (eval mode).
         regressor: the baseline, on the same generator.
@@ -532,9 +535,12 @@ def complete_held_out(
     forward_model = diffusion.forward_model
     assert isinstance(forward_model, GeneratorForwardModel)
     generator = forward_model.generator
+    device = generator.w_avg.device
+    # The held-out set is drawn on the CPU: the same images whatever device samples them.
+    cpu_generator = generator if device.type == "cpu" else copy.deepcopy(generator).cpu()
     ev = evaluation
     image, mask, w = held_out_contexts(
-        generator,
+        cpu_generator,
         num=ev.num_contexts,
         resolution=resolution,
         psi=psi,
@@ -542,7 +548,7 @@ def complete_held_out(
         seed=ev.heldout_seed,
     )
     ws = w[:, None].expand(-1, generator.num_ws, -1)
-    truth = generator.synthesis(ws, noise_mode="const").clamp(-1, 1)
+    truth = cpu_generator.synthesis(ws, noise_mode="const").clamp(-1, 1)
     k = ev.num_samples
     trajectory: list[tuple[float, Tensor]] = []
 
@@ -561,8 +567,8 @@ def complete_held_out(
 
     samples = sample_inversions(
         diffusion.eval(),
-        image,
-        mask,
+        image.to(device),
+        mask.to(device),
         num_samples=k,
         steps=ev.steps,
         guidance_scale=ev.guidance_scale,
@@ -573,16 +579,21 @@ def complete_held_out(
     if bar is not None:
         bar.close()
     regressor.eval()
-    latents = regressor.predict(Context(observation=torch.cat([image * mask, mask], dim=1)))
+    context = Context(observation=torch.cat([image * mask, mask], dim=1).to(device))
+    latents = regressor.predict(context)
     return Completions(
         image=image,
         mask=mask,
         w=w,
         truth=truth,
-        dfm=samples,
-        baseline_latents=latents,
-        baseline_observations=forward_model(latents, GanView(resolution)),
-        baseline_images=forward_model.render_full(latents),
+        dfm=InversionSamples(
+            latents=samples.latents.cpu(),
+            observations=samples.observations.cpu(),
+            images=samples.images.cpu(),
+        ),
+        baseline_latents=latents.cpu(),
+        baseline_observations=forward_model(latents, GanView(resolution)).cpu(),
+        baseline_images=forward_model.render_full(latents).cpu(),
         trajectory=trajectory,
     )
 
@@ -647,7 +658,8 @@ def write_denoising_video(
     frames = []
     for index in chosen:
         _, latents = steps[index]
-        rendered = generator.synthesis(latents, noise_mode="const")  # (K, 3, R, R)
+        device = generator.w_avg.device
+        rendered = generator.synthesis(latents.to(device), noise_mode="const").cpu()  # (K, 3, R, R)
         tiles = np.concatenate([reference, _tiles(rendered, size)])
         captions = ["masked input", "truth", f"step {index + 1}/{len(steps)}"]
         captions += [""] * (len(tiles) - len(captions))
