@@ -27,8 +27,9 @@ generator samples from an RNG stream of their own (``evaluation.heldout_seed``),
 patch of side ``evaluation.patch_fraction`` (0.5: 25 % of the image) at a random place, K
 completions at the diffusion resolution, pixels on [0, 1]. PSNR inside the patch; diversity
 = mean pairwise RMS difference between completions outside it (0 for the regressor by
-construction); RMS error outside it; RMS distance of the sampled ``w`` to the true one,
-next to the chance level (two unrelated held-out latents).
+construction); RMS error outside it, and its smallest value among the K completions (best
+of K: how close the nearest completion comes to the unseen truth); RMS distance of the
+sampled ``w`` to the true one, next to the chance level (two unrelated held-out latents).
 """
 
 from __future__ import annotations
