@@ -242,3 +242,30 @@ def test_orbit_frames_and_held_out_world_size() -> None:
         n = scene_demo._held_out_size(wanted)
         assert len(_split([str(i) for i in range(n)])["train"]) >= wanted
         assert all(len(_split([str(i) for i in range(m)])["train"]) < wanted for m in range(n))
+
+
+# ----------------------------------------------------------------------------- `dfm demo`
+
+
+def test_dfm_demo_runs_the_scenes_section(demo_weights, tmp_path, monkeypatch, capsys) -> None:
+    """`dfm demo --only scenes` on (tiny) installed weights: report and summary line."""
+    import re
+
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", demo_weights)
+    out = tmp_path / "demo"
+    assert main(["demo", "--only", "scenes", "--run-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^scenes\s+\d+\.\d\s+dfm_visible_psnr", printed, re.MULTILINE), printed
+    report = (out / "report.html").read_text()
+    assert "Inverse graphics" in report and "dfm demo --only scenes" in report
+    linked = re.findall(r'(?:src|href)="([^"#:]+\.(?:mp4|png|gif))"', report)
+    assert any(link.endswith("turntable.mp4") for link in linked)
+    assert all((out / link).is_file() for link in linked), linked
+
+
+def test_dfm_demo_lists_the_scenes_section_as_missing(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "not-shipped")
+    assert main(["demo", "--only", "scenes", "--run-dir", str(tmp_path / "demo")]) == 0
+    captured = capsys.readouterr()
+    assert "weights not installed" in captured.err and pretrained.SHIP_COMMAND in captured.err
+    assert "Traceback" not in captured.err
