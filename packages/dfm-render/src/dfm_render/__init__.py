@@ -42,6 +42,7 @@ from dfm_render.model import (
 )
 from dfm_render.pixel_features import sample_pixel_features
 from dfm_render.presets import SCENE_PRESETS, SamplingConfig, SceneModelConfig, scene_config
+from dfm_render.pretrained import load_objects_demo, save_scene_weights
 from dfm_render.ray_sampling import sample_along_rays, sample_pdf
 from dfm_render.raymarching import RayRendering, composite, distortion_loss, merge_samples
 from dfm_render.renderer import Camera, RendererConfig, SceneField, SceneRendering, VolumeRenderer
@@ -95,6 +96,7 @@ __all__ = [
     "fuse_point_cloud",
     "interpolate_poses",
     "load_baseline_into",
+    "load_objects_demo",
     "look_at",
     "make_scene_batch",
     "merge_samples",
@@ -111,6 +113,7 @@ __all__ = [
     "sample_pixel_features",
     "save_mesh",
     "save_point_cloud",
+    "save_scene_weights",
     "scene_config",
     "voxel_downsample",
     "write_obj",
