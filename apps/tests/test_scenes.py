@@ -124,3 +124,43 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
     )
     assert status == 0
     assert "resumed from step 2" in capsys.readouterr().out
+
+
+def test_exact_depths_match_the_worlds_depth_files(world):
+    """Depth re-rendered at the loader's (scaled) cameras = the world's CO3D depth PNGs, scaled."""
+    import dataclasses
+
+    from dfm_data.images import load_depth_png
+
+    config, _, truth = world
+    full = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, image_size=64)
+    )  # the world's own frame size: no resampling between the two
+    views = scenes._views_dataset(full, Path(config.data.root), "train", 0)
+    index, frames = 1, [0, 3]
+    name = views.sequences[index][1]
+    item = views.views_at(index, [0], frames)
+    exact = scenes.exact_depths(views, truth, index, item.target.c2w[0], item)
+    scale = views.config.mean_depth_scale / (views.scales.get(name) or 1.0)
+    for k, frame in enumerate(frames):
+        path = (
+            Path(config.data.root)
+            / "orb"
+            / name
+            / "depths"
+            / f"frame{frame + 1:06d}.jpg.geometric.png"
+        )
+        on_disk = torch.from_numpy(load_depth_png(path)).float() * scale
+        hit = (on_disk > 0) & (exact[k] > 0)
+        assert hit.sum() > 50
+        assert torch.equal(on_disk > 0, exact[k] > 0)
+        torch.testing.assert_close(exact[k][hit], on_disk[hit], rtol=2e-3, atol=0)  # float16 file
+
+
+def test_depth_error_is_the_mean_relative_error_on_the_object():
+    exact = torch.tensor([[[0.0, 2.0], [4.0, 0.0]]])  # (V=1, 2, 2): two object pixels
+    opacity = torch.tensor([[[0.0, 0.5], [1.0, 1.0]]])
+    depth = torch.tensor([[[0.0, 1.1], [3.0, 7.0]]])  # given a hit: 2.2 and 3.0 on the object
+    expected = (abs(2.2 - 2.0) / 2.0 + abs(3.0 - 4.0) / 4.0) / 2
+    assert scenes.depth_error(depth, opacity, exact) == pytest.approx(expected)
+    assert scenes.depth_error(exact * 1.0, torch.ones_like(exact), exact) == 0.0

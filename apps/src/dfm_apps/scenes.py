@@ -745,6 +745,57 @@ def palette_candidates(views: Any, truth: dict, index: int, item: Any) -> tuple:
     return candidates, torch.from_numpy(hidden > 0.9)
 
 
+def exact_depths(views: Any, truth: dict, index: int, c2w: torch.Tensor, item: Any) -> torch.Tensor:
+    """Exact z-depth of object ``index`` at cameras ``c2w``, in the loader's scaled units.
+
+    Rendered by the world's own ray caster at the model's image size (intrinsics scaled with
+    the image: pixel (i, j) covers [j, j+1] x [i, i+1] at both sizes), so each pixel's depth is
+    that of the ray through its centre, as the volume renderer's rays are.
+
+    Args:
+        views: the ``CO3DDataset`` over the objects world.
+        truth: its ``synthetic_ground_truth.json``.
+        index: sequence index.
+        c2w: (V, 4, 4) the loader's (scaled, context-relative) camera-to-world matrices.
+        item: ``views.views_at(index, ...)`` (for ``world_from_context``).
+
+    Returns:
+        (V, H, W) depths, 0 where the ray misses the object.
+    """
+    from dfm_data.worlds.objects import ObjectScene, render_object_scene
+
+    name = views.sequences[index][1]
+    record = truth["sequences"][name]
+    to_world = (views.scales.get(name) or 1.0) / views.config.mean_depth_scale
+    scene = ObjectScene.from_json(record["scene"])
+    h, w = record["image_size_hw"]
+    size = views.config.image_size
+    intrinsics = np.asarray(record["intrinsics_px"], dtype=np.float64).copy()
+    intrinsics[0] *= size / w
+    intrinsics[1] *= size / h
+    depths = []
+    for camera in c2w:
+        pose = (item.world_from_context[0] @ camera).double().numpy()
+        pose[:3, 3] *= to_world
+        out = render_object_scene(scene, pose, intrinsics, size, size, 1)
+        depths.append(out["depth"] / to_world)
+    return torch.from_numpy(np.stack(depths)).float()
+
+
+def depth_error(depth: torch.Tensor, opacity: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean relative depth error over the object's pixels: mean |d - d*| / d*.
+
+    Args:
+        depth: (..., V, H, W) rendered depth (the renderer's expected depth, unnormalised).
+        opacity: (..., V, H, W) rendered opacity, to turn expected depth into depth given a hit.
+        exact: (V, H, W) exact depth, 0 off the object.
+    """
+    hit = exact > 0
+    given_hit = depth / opacity.clamp_min(1e-6)
+    relative = (given_hit - exact).abs() / exact.clamp_min(1e-6)
+    return float(relative[..., hit].mean())
+
+
 def palette_distances(
     images: torch.Tensor, candidates: torch.Tensor, hidden: torch.Tensor
 ) -> torch.Tensor:
@@ -816,7 +867,8 @@ def evaluate(
     stats: dict[str, list[float]] = {
         "dfm_visible_psnr": [], "dfm_visible_ssim": [], "baseline_visible_psnr": [],
         "baseline_visible_ssim": [], "real_colour": [], "distinct": [], "baseline_real_colour": [],
-        "dfm_back_rmse_best": [],
+        "dfm_back_rmse_best": [], "dfm_visible_depth_error": [],
+        "baseline_visible_depth_error": [],
     }  # fmt: skip
     files: dict[str, Path] = {}
     pictures: list[tuple[str, np.ndarray]] = []
@@ -863,6 +915,14 @@ def evaluate(
         pred = (base_vis.observation[0] + 1) / 2
         stats["baseline_visible_psnr"].append(float(psnr(pred, truth_visible).mean()))
         stats["baseline_visible_ssim"].append(float(ssim(pred, truth_visible).mean()))
+        # 3D consistency: the samples' depth on the visible side against the exact depth.
+        exact = exact_depths(views, truth, index, vis_c2w[0], item)
+        stats["dfm_visible_depth_error"].append(
+            depth_error(dfm_vis.depth[:, :, 0], dfm_vis.opacity[:, :, 0], exact)
+        )
+        stats["baseline_visible_depth_error"].append(
+            depth_error(base_vis.depth[0, :, 0], base_vis.opacity[0, :, 0], exact)
+        )
         # Hidden side: the back view of each sample against the repainted truths.
         candidates, hidden = palette_candidates(views, truth, index, item)
         backs = (out.observation.clamp(-1, 1) + 1) / 2  # (K, 3, H, W): the target is the back
@@ -1023,6 +1083,11 @@ def _score_table(scores: dict[str, Any]) -> tuple[str, list[str], list[list[str]
     rows = [
         ["visible side PSNR (dB), +-30 deg", f("dfm_visible_psnr"), f("baseline_visible_psnr")],
         ["visible side SSIM", f("dfm_visible_ssim", 3), f("baseline_visible_ssim", 3)],
+        [
+            "visible side depth error |d - d*| / d* on the object",
+            f("dfm_visible_depth_error", 3),
+            f("baseline_visible_depth_error", 3),
+        ],
         ["backs that are a palette colour", f("real_colour"), f("baseline_real_colour")],
         ["distinct colours among the K samples", f("distinct"), "1 at most"],
         ["chi-squared p of pooled colours vs uniform", f("palette_p", 3), ""],
