@@ -156,3 +156,26 @@ def test_a_trained_report_renders_clean_offline(
     ink = (shot[..., :3].astype(int).sum(axis=-1) < 600).mean()  # non-white pixels
     assert ink > 0.01, f"the screenshot is almost blank ({ink:.2%} ink)"
     print(f"\nbrowser: {report} checked in {result.seconds:.1f} s, screenshot {result.screenshot}")
+
+
+def test_the_demo_report_renders_clean_offline(
+    browser: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dfm demo` (every application whose weights are installed): pictures and videos play."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--run-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = out / "report.html"
+    parser = _References()
+    parser.feed(report.read_text())
+    videos = [value for tag, _, value in parser.refs if tag == "video"]
+    assert all(parser.alts), "every picture needs a caption (alt text)"
+    assert all((out / value).is_file() for value in videos), videos  # relative, next to the page
+    ran = [line.split()[0] for line in printed.splitlines()[1:] if line[:1].isalpha()]
+    if any(name in ran for name in ("scenes", "motion", "gan")):
+        assert videos, "the demo's applications write videos; the page links none"
+    result = browser.check_report(report, screenshot=tmp_path / "demo.png")
+    assert result.ok, result.problems
+    assert result.images == len(parser.alts) >= 2
+    assert result.media == len(videos)  # every linked video was loaded and played
+    print(f"\nbrowser: {report} ({len(videos)} videos) checked in {result.seconds:.1f} s")
