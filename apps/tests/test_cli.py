@@ -57,8 +57,10 @@ def test_rerunning_the_demo_resumes_without_retraining(
     shutil.copytree(tiny_run, run_dir)
     checkpoint = run_dir / "checkpoints" / "step_000004" / "model.safetensors"
     before = checkpoint.stat().st_mtime_ns
-    assert main(["train", "projection", "--run-dir", str(run_dir), "--resume", *tiny]) == 0
-    assert "resumed from step 4" in capsys.readouterr().out
+    assert main(["train", "projection", "--run-dir", str(run_dir), *tiny]) == 0  # no --resume
+    captured = capsys.readouterr()
+    assert "resumed from step 4" in captured.out
+    assert f"{run_dir} holds a run: resuming it" in captured.err
     assert checkpoint.stat().st_mtime_ns == before  # nothing retrained, nothing rewritten
     assert _metric_steps(run_dir) == [1, 2, 3, 4]
     # A larger max_steps continues the same run from step 4.
@@ -70,11 +72,14 @@ def test_rerunning_the_demo_resumes_without_retraining(
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"] == 6
 
 
-def test_train_refuses_to_overwrite_or_reshape_a_run(
-    tiny: list[str], tiny_run: Path, capsys: pytest.CaptureFixture[str]
+def test_train_refuses_to_reshape_a_run(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "projection", "--run-dir", str(tiny_run), *tiny]) == 2
-    assert "--resume" in capsys.readouterr().err
+    # Resuming is automatic, but never under other weight-defining settings.
+    assert main(["train", "projection", "--run-dir", str(tiny_run), "model.hidden=32"]) == 2
+    assert "model.hidden" in capsys.readouterr().err
+    assert main(["train", "projection", "--run-dir", str(tmp_path / "none"), "--resume"]) == 2
+    assert "holds no run to continue" in capsys.readouterr().err
     assert (
         main(["train", "projection", "--run-dir", str(tiny_run), "--resume", "model.hidden=32"])
         == 2

@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--run-dir", type=Path, help="run directory (default: runs/<preset>-<timestamp>)"
     )
-    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="require --run-dir to hold a run to continue (an existing run resumes anyway)",
+    )
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
 
@@ -149,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument(
         "--run-dir", type=Path, help="run directory (default: runs/<preset>-<timestamp>)"
     )
-    launch.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    launch.add_argument(
+        "--resume",
+        action="store_true",
+        help="require --run-dir to hold a run to continue (an existing run resumes anyway)",
+    )
     launch.add_argument(
         "--local", action="store_true", help="run here with submitit's local executor"
     )
@@ -340,6 +348,25 @@ def _run_dir(preset: str, run_dir: Path | None, *, resume: bool, command: str) -
     return run_dir
 
 
+def _resumes(run_dir: Path | None, *, resume: bool) -> bool:
+    """Whether a command continues a run: asked to, or ``run_dir`` already holds one.
+
+    Resuming is automatic (a rerun after a crash or a pre-emption is the same command); the
+    saved config decides, and changing the settings that fix the weights stays an error.
+
+    Raises:
+        RunError: ``--resume`` without a run to continue.
+    """
+    from dfm_apps.runs import CONFIG_FILE, RunError
+
+    exists = run_dir is not None and (run_dir / CONFIG_FILE).is_file()
+    if resume and not exists:
+        raise RunError(f"--resume: {run_dir} holds no run to continue (no {CONFIG_FILE})")
+    if exists and not resume:
+        print(f"dfm: {run_dir} holds a run: resuming it", file=sys.stderr)
+    return resume or exists
+
+
 def _train(
     preset: str,
     overrides: Sequence[str],
@@ -353,6 +380,7 @@ def _train(
     from dfm_apps.runs import execute, format_summary, resolve_config
 
     chosen = _run_dir(preset, run_dir, resume=resume, command=command)
+    resume = _resumes(run_dir, resume=resume)
     config = resolve_config(preset, overrides, run_dir, resume=resume)
     if dry_run:
         print(to_yaml(config), end="")
@@ -598,7 +626,8 @@ def _launch(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _error(str(error))
     run_dir = _run_dir(args.preset, args.run_dir, resume=args.resume, command=args.command)
-    config = resolve_config(args.preset, args.overrides, args.run_dir, resume=args.resume)
+    resume = _resumes(args.run_dir, resume=args.resume)
+    config = resolve_config(args.preset, args.overrides, args.run_dir, resume=resume)
     if args.dry_run:
         print(to_yaml(config), end="")
         print(f"# run_dir: {run_dir}\n# launch: {describe(options)}")
