@@ -179,6 +179,7 @@ def save_scene_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    tmp.chmod(0o644)  # safetensors creates files private; weights are shipped to every user
     tmp.replace(path)  # atomic: a reader never sees half a file
     return path
 
