@@ -19,6 +19,10 @@ Usage::
 
     python packages/dfm-render/benchmarks/bench_render.py            # every case
     python packages/dfm-render/benchmarks/bench_render.py --cases reduced-ddim-1ctx --repeats 3
+    python packages/dfm-render/benchmarks/bench_render.py --cases reduced-ddim-1ctx --dtype bf16
+
+``--dtype bf16`` sets ``RendererConfig.field_dtype = "bfloat16"`` (the field's matmuls under
+autocast, compositing in float32); the default is float32.
 """
 
 from __future__ import annotations
@@ -47,13 +51,19 @@ ORIGINAL = {  # issue 7 §7: the original code on this machine kind (seconds, GB
 }
 
 
-def _config(paper: bool):
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # --dtype -> RendererConfig.field_dtype
+
+
+def _config(paper: bool, dtype: str = "fp32"):
     from dfm_render import scene_config
     from dfm_render.encoder import EncoderConfig
     from dfm_render.losses import LossWeights
 
     # LPIPS needs VGG weights that cannot be downloaded here; its cost on 24^2 patches is small.
     config = dataclasses.replace(scene_config("co3d-hydrant"), losses=LossWeights(det=1.0))
+    config = dataclasses.replace(
+        config, renderer=dataclasses.replace(config.renderer, field_dtype=DTYPES[dtype])
+    )
     if paper:
         return config
     encoder = EncoderConfig(
@@ -108,7 +118,7 @@ def _batch(config, batch: int, contexts: int, seed: int = 0):
     )
 
 
-def run_case(name: str, repeats: int) -> dict:
+def run_case(name: str, repeats: int, dtype: str = "fp32") -> dict:
     """Measure one case in this process (call in a fresh process)."""
     import torch
 
@@ -118,7 +128,7 @@ def run_case(name: str, repeats: int) -> dict:
     paper = name.startswith("paper")
     contexts = 3 if "3ctx" in name else 1
     batch_size = 2 if name.endswith("-b2") else 1
-    config = _config(paper)
+    config = _config(paper, dtype)
     model = config.build()
     batch = _batch(config, batch_size, contexts)
 
@@ -163,6 +173,7 @@ def run_case(name: str, repeats: int) -> dict:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB -> GB
     return {
         "case": name,
+        "dtype": dtype,
         "median_s": statistics.median(times),
         "times_s": times,
         "peak_gb": peak_gb,
@@ -179,19 +190,22 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=3, help="timed runs after the warm-up (0: time the warm-up)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="fp32", help="precision of the field's matmuls"
+    )
     args = parser.parse_args(argv)
     if args.case:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(run_case(args.case, args.repeats)))
+        print(json.dumps(run_case(args.case, args.repeats, args.dtype)))
         return 0
-    print(f"# machine load before: {os.getloadavg()}")
+    print(f"# machine load before: {os.getloadavg()}; field dtype {args.dtype}")
     print("| case | ours median s | ours peak GB | original s | original GB | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in args.cases:
         cmd = [sys.executable, __file__, "--case", name, "--repeats", str(args.repeats)]
-        cmd += ["--threads", str(args.threads)]
+        cmd += ["--threads", str(args.threads), "--dtype", args.dtype]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["?"])[-1]

@@ -41,12 +41,16 @@ samples; paper = CO3D preset at 64², DiT-XL/2, 64 + 64 samples; 1 context, batc
 
     reduced-ddim, reduced-ddim-cfg, reduced-once, paper-ddim, paper-once
 
+``--dtypes fp32 bf16`` times ours once per field precision (``RendererConfig.field_dtype``:
+``bf16`` runs the field's matmuls in bfloat16 under autocast, compositing in float32), each in its
+own processes next to the original's, and prints one table per precision.
+
 Usage::
 
     uv pip install --no-deps --target /work/orig-deps einops     # once
     python packages/dfm-render/benchmarks/bench_vs_original.py \\
         --original /work/orig-dfm --original-deps /work/orig-deps --threads 1 \\
-        --cases reduced-ddim reduced-ddim-cfg reduced-once
+        --cases reduced-ddim reduced-ddim-cfg reduced-once --dtypes fp32 bf16
 """
 
 from __future__ import annotations
@@ -68,12 +72,12 @@ T_STEP = 500  # any t: the cost of a step does not depend on it
 
 
 # ---- inputs shared by both implementations ---------------------------------------------------
-def _ours_config(paper: bool):
+def _ours_config(paper: bool, dtype: str = "fp32"):
     """The same config as bench_render.py (co3d-hydrant preset, reduced or at paper size)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_render import _config
 
-    return _config(paper)
+    return _config(paper, dtype)
 
 
 def _inputs(config):
@@ -282,7 +286,13 @@ def _field_modules(impl: str, model) -> dict:
 
 # ---- one case in this process ------------------------------------------------------------------
 def run_case(
-    name: str, impl: str, repeats: int, original: Path | None, deps: Path | None, chunk: int
+    name: str,
+    impl: str,
+    repeats: int,
+    original: Path | None,
+    deps: Path | None,
+    chunk: int,
+    dtype: str = "fp32",
 ) -> dict:
     """Measure one case of one implementation in this process (call in a fresh process)."""
     import torch
@@ -292,7 +302,7 @@ def run_case(
     torch.set_grad_enabled(False)
     paper = name.startswith("paper")
     guided = name.endswith("-cfg")
-    config = _ours_config(paper)
+    config = _ours_config(paper, dtype if impl == "ours" else "fp32")
     batch = _inputs(config)
     size = config.image_size
     x = torch.randn(1, 3, size, size)
@@ -374,6 +384,7 @@ def run_case(
     return {
         "case": name,
         "impl": impl,
+        "dtype": dtype if impl == "ours" else "fp32",
         "median_s": statistics.median(times),
         "times_s": times,
         "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,  # kB -> GB
@@ -388,8 +399,8 @@ def run_case(
 
 
 # ---- driver ------------------------------------------------------------------------------------
-def _run_child(args, case: str, impl: str) -> dict | str:
-    cmd = [sys.executable, __file__, "--case", case, "--impl", impl]
+def _run_child(args, case: str, impl: str, dtype: str = "fp32") -> dict | str:
+    cmd = [sys.executable, __file__, "--case", case, "--impl", impl, "--dtype", dtype]
     cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
     cmd += ["--original-chunk", str(args.original_chunk)]
     if args.original:
@@ -428,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=("ours", "original"), help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                        help="field precisions to time ours at (one table each)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.case:
         import torch
@@ -435,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         result = run_case(
             args.case, args.impl, args.repeats, args.original, args.original_deps,
-            args.original_chunk,
+            args.original_chunk, args.dtype,
         )  # fmt: skip
         print(json.dumps(result))
         return 0
@@ -447,17 +461,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats and --rounds must be >= 1")
 
     print(f"# threads {args.threads}, {args.repeats} timed repeats after 1 warm-up per process, "
-          f"{args.rounds} process(es) per implementation and case, alternating")  # fmt: skip
+          f"{args.rounds} process(es) per implementation and case, alternating; "
+          f"ours at field precision(s) {' '.join(args.dtypes)}")  # fmt: skip
     print(f"# load average before: {os.getloadavg()}", flush=True)
     rows = []
     for case in args.cases:
-        runs: dict[str, list] = {"ours": [], "original": []}
+        labels = [*(f"ours-{d}" for d in args.dtypes), "original"]
+        runs: dict[str, list] = {label: [] for label in labels}
         for k in range(args.rounds):
-            order = ("ours", "original") if k % 2 == 0 else ("original", "ours")
-            for impl in order:
-                runs[impl].append(_run_child(args, case, impl))
+            for label in labels if k % 2 == 0 else labels[::-1]:
+                impl, _, dtype = label.partition("-")
+                runs[label].append(_run_child(args, case, impl, dtype or "fp32"))
         rows.append((case, runs))
     print(f"# load average after: {os.getloadavg()}")
+    for dtype in args.dtypes:
+        print(f"\n## ours with field precision {dtype}")
+        _tables(
+            [(case, {"ours": r[f"ours-{dtype}"], "original": r["original"]}) for case, r in rows]
+        )
+    if len(args.dtypes) > 1:
+        print("\n| case | " + " | ".join(f"ours {d} s" for d in args.dtypes) + " | ratio |")
+        print("|---|" + "---:|" * (len(args.dtypes) + 1))
+        for case, runs in rows:
+            if any(isinstance(r, str) for rs in runs.values() for r in rs):
+                continue
+            med = [_merge(runs[f"ours-{d}"])["median_s"] for d in args.dtypes]
+            cells = " | ".join(f"{m:.2f}" for m in med)
+            print(f"| {case} | {cells} | {args.dtypes[0]} / {args.dtypes[-1]}: "
+                  f"**{med[0] / med[-1]:.2f}x** |")  # fmt: skip
+    return 0
+
+
+def _tables(rows: list) -> None:
+    """The ours-vs-original tables for one field precision of ours."""
     print()
     print("| case | original s | ours s | speed-up | original GB | ours GB | "
           "original / ours params (M) | field points per ray, original / ours | "
@@ -507,7 +543,6 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f"# {config}: 50-step sample (once + 50 steps) original {total['original']:.0f} s, "
                   f"ours {total['ours']:.0f} s, {total['original'] / total['ours']:.2f}x")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":
