@@ -339,7 +339,9 @@ def run_demo(
         f"renders the scene). Visible side: PSNR/SSIM at +-30 degrees from the front "
         f"against the world's frames. Hidden side: each sample's view from behind, classified "
         f"by the nearest of the {len(palette)} palette colours (a blend does not count); the "
-        f"back of the baseline, a deterministic model, is expected to be a blend."
+        f"back of the baseline, a deterministic model, is expected to be a blend. These "
+        f"weights were trained on one CPU thread for a short time; their measured quality, "
+        f"and what it still lacks, is in dfm-render's weights/MODEL_CARD.md."
     )
     score_rows = [
         ["visible side PSNR (dB)", f"{scores['dfm_visible_psnr']:.2f}",
