@@ -16,7 +16,8 @@ scenes; this script measures it, in two parts.
   from its front view, once with a float32 field and once with bfloat16 (every render: O_det,
   the context cache, every denoising step). Reported: PSNR between the two final renders at
   the sampled (back) view and at the visible-side views (+-30 degrees), and PSNR of each against
-  the world's ground-truth frames.
+  the world's ground-truth frames; and, as the scale to read those against, PSNR between the
+  float32 samples and float32 samples of other seeds (seed + 100).
 
 Usage::
 
@@ -93,6 +94,7 @@ def random_part(paper: bool) -> dict:
             "psnr_vs_float64": _psnr((out.observation + 1) / 2, (ref.observation + 1) / 2),
             "depth_max_err": (out.depth.double() - ref.depth).abs().max().item(),
             "depth_max_err_of_range": (out.depth.double() - ref.depth).abs().max().item() / span,
+            "depth_mean_err_of_range": (out.depth.double() - ref.depth).abs().mean().item() / span,
             "opacity_max_err": (out.opacity.double() - ref.opacity).abs().max().item(),
         }
     results["bf16_vs_fp32_psnr"] = _psnr(
@@ -106,8 +108,6 @@ def random_part(paper: bool) -> dict:
 
 # ---- the trained objects-demo model -----------------------------------------------------------
 def trained_part(run_dir: Path | None, shipped: bool, objects: int, steps: int, work: Path) -> dict:
-    from omegaconf import OmegaConf
-
     from dfm_apps import scenes
     from dfm_apps.config import load_run_config, validate
     from dfm_apps.scene_demo import WORLD_SEED, _held_out_size, _orbit_frames
@@ -116,25 +116,31 @@ def trained_part(run_dir: Path | None, shipped: bool, objects: int, steps: int, 
     frames_total = 12
     _, visible, back = _orbit_frames(frames_total, frames_total)
     results: dict = {"source": "shipped" if shipped else str(run_dir), "objects": objects}
-    outputs = {}
-    for field_dtype in ("float32", "bfloat16"):
-        if shipped:
-            from dfm_apps.scene_demo import load_demo_models
+    # The weights are loaded once (a running training may write a newer checkpoint meanwhile);
+    # the precision is then switched on the same model's renderers.
+    if shipped:
+        from dfm_apps.scene_demo import load_demo_models
 
-            diffusion, _, model_config, meta = load_demo_models()
-            renderer_config = dataclasses.replace(model_config.renderer, field_dtype=field_dtype)
-            _set_renderers(diffusion, renderer_config)
-            results["step"] = meta.get("steps", "?")
-        else:
-            assert run_dir is not None
-            stored = load_run_config(run_dir / "config.yaml")
-            merged = OmegaConf.merge(
-                stored, OmegaConf.create({"model": {"renderer": {"field_dtype": field_dtype}}})
-            )
-            settings = validate(merged)
-            trained = scenes.load_models(settings, run_dir)
-            diffusion, model_config = trained.diffusion, settings.model
-            results["step"] = trained.dfm_step
+        diffusion, _, model_config, meta = load_demo_models()
+        results["step"] = meta.get("steps", "?")
+    else:
+        assert run_dir is not None
+        settings = validate(load_run_config(run_dir / "config.yaml"))
+        trained = scenes.load_models(settings, run_dir)
+        diffusion, model_config = trained.diffusion, settings.model
+        results["step"] = trained.dfm_step
+    outputs = {}
+    # float32 with other seeds: the sample-to-sample spread, the scale to read bf16's against.
+    for run, field_dtype, seed0 in (
+        ("float32", "float32", 0),
+        ("bfloat16", "bfloat16", 0),
+        ("float32-other-seeds", "float32", 100),
+    ):
+        model_config = dataclasses.replace(
+            model_config,
+            renderer=dataclasses.replace(model_config.renderer, field_dtype=field_dtype),
+        )
+        results["renderers_switched"] = _set_renderers(diffusion, field_dtype)
         world = scenes.WorldConfig(
             n_sequences=_held_out_size(objects), n_frames=frames_total, size=64, seed=WORLD_SEED
         )
@@ -154,8 +160,8 @@ def trained_part(run_dir: Path | None, shipped: bool, objects: int, steps: int, 
         batch = scenes.collate_scene_batches(batches)
         start = time.perf_counter()
         out = scenes.sample_scenes(
-            diffusion, batch, num_samples=1, seeds=list(range(objects)), steps=steps,
-            sampler="ddim",
+            diffusion, batch, num_samples=1, seeds=list(range(seed0, seed0 + objects)),
+            steps=steps, sampler="ddim",
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         renderer = VolumeRenderer(model_config.renderer).eval()
@@ -166,16 +172,20 @@ def trained_part(run_dir: Path | None, shipped: bool, objects: int, steps: int, 
                 batches[index].target_params, item.novel.c2w, item.novel.intrinsics
             )
             vis.append(scenes.render_at(renderer, scene, cams).observation[0])  # (n, 3, H, W)
-        outputs[field_dtype] = {
+        outputs[run] = {
             "back": (out.observation.clamp(-1, 1) + 1) / 2,  # (O, 3, H, W)
             "visible": (torch.stack(vis).clamp(-1, 1) + 1) / 2,  # (O, n, 3, H, W)
             "seconds": elapsed,
         }
         truth_back = torch.stack([(it.target.images[0, 0] + 1) / 2 for it in items])
         truth_vis = torch.stack([(it.novel.images[0] + 1) / 2 for it in items])
-    f, b = outputs["float32"], outputs["bfloat16"]
+    f, b, o = outputs["float32"], outputs["bfloat16"], outputs["float32-other-seeds"]
     results["steps"] = steps
-    results["sampling_s"] = {"float32": f["seconds"], "bfloat16": b["seconds"]}
+    results["sampling_s"] = {name: out["seconds"] for name, out in outputs.items()}
+    results["other_seeds_vs_fp32_psnr"] = {
+        "back": _psnr(o["back"], f["back"]),
+        "visible": _psnr(o["visible"], f["visible"]),
+    }
     results["bf16_vs_fp32_psnr"] = {
         "back": _psnr(b["back"], f["back"]),
         "visible": _psnr(b["visible"], f["visible"]),
@@ -194,13 +204,17 @@ def _index(tree, index: int):
     return tree_index(tree, slice(index, index + 1))
 
 
-def _set_renderers(diffusion, config) -> None:
-    """Give every VolumeRenderer in the model the new config (O_det keeps its sample counts)."""
+def _set_renderers(diffusion, field_dtype: str) -> int:
+    """Set ``field_dtype`` on every VolumeRenderer of the model (the forward model, O_det's and
+    the context cache's); their sample counts are kept. Returns how many were set."""
     from dfm_render import VolumeRenderer
 
+    count = 0
     for module in diffusion.modules():
         if isinstance(module, VolumeRenderer):
-            module.config = dataclasses.replace(module.config, field_dtype=config.field_dtype)
+            module.config = dataclasses.replace(module.config, field_dtype=field_dtype)
+            count += 1
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
