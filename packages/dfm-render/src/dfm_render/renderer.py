@@ -25,9 +25,10 @@ evaluations can be recomputed in the backward pass (``checkpoint``), so a traini
 only the chunk's inputs and outputs, not the MLP's activations for every (point, view).
 
 Precision: ``RendererConfig.field_dtype = "bfloat16"`` evaluates the field (93-99 % of a
-denoising step's FLOPs) under ``torch.autocast`` on the rays' device type: its matmuls run in
-bfloat16 from float32 weights, while the residual stream between blocks, the output activations
-and all of volume compositing stay float32 (``_query``). The default ``"float32"`` enters no
+denoising step's FLOPs) under ``torch.autocast`` on the rays' device type: its matmuls, hidden
+activations and pixel-feature gather run in bfloat16 from float32 weights, while the field's
+output activations (density, colour) and all of volume compositing stay float32 (``_query``;
+``dfm_render.field`` says which steps run in which dtype). The default ``"float32"`` enters no
 autocast at all and is bit for bit the plain evaluation.
 """
 
@@ -227,8 +228,10 @@ class RendererConfig:
     field_dtype: str = "float32"
     """Precision of the field's matmuls: ``float32``, or ``bfloat16`` (autocast around every
     field evaluation, float32 weights, float32 compositing; module docstring). bfloat16 is
-    2-3x faster on CPUs with AVX512-BF16/AMX and on GPUs; see docs/benchmarks.md for its
-    measured agreement with float32 before using it for a run's results."""
+    ~2.8x faster per DDIM step on this project's AVX512-BF16 CPU (1.9x with CFG); see
+    docs/benchmarks.md for its measured agreement with float32 before using it for a run's
+    results. A sampling run's ``model`` section is frozen: set it for new runs
+    (``dfm train ... model.renderer.field_dtype=bfloat16``) or on a loaded model's renderers."""
 
     def __post_init__(self) -> None:
         if self.num_coarse < 1 or self.num_fine < 0 or min(self.chunk, self.train_chunk) < 1:
