@@ -124,6 +124,14 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
     )
     assert status == 0
     assert "resumed from step 2" in capsys.readouterr().out
+    # `dfm export scene`: one sampled scene of the run as point cloud and meshes.
+    assert main(["export", "scene", str(run), str(tmp_path / "exported"), "--seed", "3"]) == 0
+    written = sorted(p.name for p in (tmp_path / "exported").iterdir())
+    assert written == ["sample0-mesh.obj", "sample0-mesh.ply", "sample0-points.ply"]
+    with open(tmp_path / "exported" / "sample0-points.ply", "rb") as ply:
+        assert ply.readline() == b"ply\n"
+    assert main(["export", "scene", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
 
 
 def test_exact_depths_match_the_worlds_depth_files(world):
