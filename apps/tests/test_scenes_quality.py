@@ -1,0 +1,76 @@
+"""Issue 8 §4: the shipped objects-demo weights on held-out objects (slow, CPU).
+
+Given only the front view of each object of a world never used in training (world seed
+``evaluation.world_seed`` = 1000; training used seed 0), ``scenes.evaluate`` scores:
+
+* visible side: PSNR/SSIM of renders within +-30 degrees of the front against the exact
+  frames, and the samples' depth against the exact depth (relative error on the object);
+* hidden side: K = 16 samples from behind, each back classified as the nearest palette
+  colour when it is one (``evaluation.palette_margin``), the distinct colours per object, and a
+  chi-squared test of the pooled counts against uniform.
+
+Targets (the issue's): DFM visible PSNR >= 20 dB; >= 80 % of backs a real palette colour;
+>= 3 of 4 distinct colours among 16 on average; chi-squared not rejected at p = 0.01. The
+baseline is scored the same way (expected: blends, at most one colour).
+
+DFM_SCENES_OBJECTS sets the number of held-out objects (default 64, as the issue asks; about
+95 s per object on one CPU thread with DPM-Solver++ at 15 steps, K = 16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dfm_apps import scenes
+from dfm_apps.config import load_preset, validate
+from dfm_apps.scene_demo import load_demo_models
+
+
+def _evaluate(tmp_path: Path) -> dict:
+    diffusion, baseline, model_config, metadata = load_demo_models()
+    config = validate(load_preset("objects-demo", [f"data.root={tmp_path / 'world'}"]))
+    config = dataclasses.replace(
+        config,
+        model=model_config,
+        num_threads=1,
+        evaluation=dataclasses.replace(
+            config.evaluation,
+            num_scenes=int(os.environ.get("DFM_SCENES_OBJECTS", "64")),
+            num_samples=16,
+            sampler="dpmpp_2m",
+            steps=15,
+            videos=False,
+            export=False,
+            autoregressive_views=0,
+        ),
+    )
+    trained = scenes.Trained(
+        diffusion=diffusion,
+        baseline=baseline,
+        dfm_step=int(metadata.get("steps", 0)),
+        baseline_step=int(metadata.get("baseline_steps", 0)),
+        resumed_from=None,
+    )
+    evaluation = scenes.evaluate(config, trained, tmp_path / "eval")
+    scores = evaluation.scores_dict()
+    print("\n" + json.dumps(scores, indent=2))
+    return scores
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8 §4 targets not met by the shipped CPU-trained weights (figures in "
+    "docs/benchmarks.md and dfm-render's weights/MODEL_CARD.md)",
+)
+def test_shipped_objects_demo_samples_real_colours_on_the_hidden_side(tmp_path: Path) -> None:
+    scores = _evaluate(tmp_path)
+    assert scores["dfm_visible_psnr"] >= 20.0
+    assert scores["real_colour"] >= 0.8
+    assert scores["distinct"] >= 3.0
+    assert scores["palette_p"] > 0.01
