@@ -7,7 +7,7 @@ import dfm_gan
 
 
 def test_package_imports_with_a_version():
-    assert dfm_gan.__version__ == "0.2.0"
+    assert dfm_gan.__version__ == "0.3.0"
 
 
 def test_library_does_not_import_the_cli_layer():

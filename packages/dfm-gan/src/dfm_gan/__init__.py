@@ -39,7 +39,7 @@ from dfm_gan.weights import (
     save_generator,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "GENERATOR_PRESETS",

@@ -57,7 +57,7 @@ from dfm_render.trajectories import (
     rigid_inverse,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "SCENE_PRESETS",
