@@ -22,7 +22,7 @@ import torch
 from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
 from dfm_data import Vimeo90KConfig
 from dfm_flow.motion import frames_to_batch, motion_preset
-from dfm_flow.pretrained import save_weights
+from dfm_flow.pretrained import load_motion_demo, save_weights
 
 
 class CachedFrames(torch.utils.data.Dataset):
@@ -64,6 +64,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=100, help="steps between wall-clock checks")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="start from these weights (a file this script wrote) instead of a fresh network; "
+        "the optimiser starts fresh (warm-up again)",
+    )
+    parser.add_argument("--lr", type=float, default=None, help="override the preset's rate")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -71,6 +78,9 @@ def main() -> None:
     preset = motion_preset("motion-demo")
     config = preset.model
     model = config.build() if args.kind == "dfm" else config.build_regressor()
+    if args.init_from is not None:
+        model = load_motion_demo(args.kind, path=args.init_from).train()
+    learning_rate = args.lr if args.lr is not None else preset.learning_rate
     data = CachedFrames(args.data, "train", config.image_size_hw)
     print(f"{len(data)} training clips read in {time.time() - start:.0f} s", flush=True)
     trainer = Trainer(
@@ -79,7 +89,7 @@ def main() -> None:
         TrainerConfig(
             max_steps=10**7,
             batch_size=preset.batch_size,
-            optimizer=OptimizerConfig(lr=preset.learning_rate, warmup_steps=200),
+            optimizer=OptimizerConfig(lr=learning_rate, warmup_steps=200),
             grad_clip=1.0,
             ema_decay=0.999,
             ema_warmup=True,
@@ -114,7 +124,8 @@ def main() -> None:
         steps=str(step),
         train_seconds=f"{wall:.0f}",
         batch_size=str(preset.batch_size),
-        learning_rate=str(preset.learning_rate),
+        learning_rate=str(learning_rate),
+        init_from=str(args.init_from),
         data=f"{args.data} (train list, {len(data)} clips)",
         torch=torch.__version__,
     )
