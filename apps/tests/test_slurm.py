@@ -147,10 +147,51 @@ def _restarts(job_id: str) -> int:
     return int((slurm_job_state(job_id) or {}).get("Restarts", "-1"))
 
 
+def _job_log(job: submitit.SlurmJob) -> str:
+    paths = (job.paths.stdout, job.paths.stderr)
+    return "".join(p.read_text() for p in paths if p.exists())
+
+
+def _scontrol(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["scontrol", *argv], capture_output=True, text=True, timeout=30)
+
+
+def _release_when_held(job_id: str) -> None:
+    """Wait for the requeued job to be pending; release it if Slurm held it.
+
+    A suspended job that is requeued comes back held (``JobHeldAdmin``): without the
+    release it would never start again.
+    """
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        fields = slurm_job_state(job_id) or {}
+        if fields.get("JobState") == "PENDING":
+            if fields.get("Reason", "").startswith("JobHeld"):
+                done = _scontrol("release", job_id)
+                assert done.returncode == 0, done.stderr
+            return
+        if fields.get("JobState") == "RUNNING" and _restarts(job_id) >= 2:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} never came back pending after `scontrol requeue`")
+
+
 def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
     cluster: Callable[[int], None], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Two interruptions at points the test controls, then bit-identical final weights.
+
+    Nothing here races the job: the reference is trained before the job exists (so the
+    job's training never competes with it for the CPU while the test waits for a step),
+    and the second interruption freezes the job (``scontrol suspend``) before reading
+    which checkpoint it must resume from, so the job cannot finish or save in between.
+    """
     cluster(1)
+    # The uninterrupted reference, independent of Slurm and submitit.
+    reference = tmp_path / "reference"
+    assert main(["train", "projection", "--run-dir", str(reference), *TRAIN]) == 0
+    capsys.readouterr()
+
     run_dir = tmp_path / "slurm-run"
     start = time.monotonic()
     # --time 20: submitit counts a signal in the first min(0.8 T, T - 10 min) as a
@@ -178,7 +219,7 @@ def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
     first = _poll("a first checkpoint", lambda: _newest_step(run_dir, 0), job_id)
     job._interrupt()
     _poll("the requeue", lambda: _restarts(job_id) >= 1, job_id)
-    log = job.paths.stdout.read_text() + job.paths.stderr.read_text()
+    log = _job_log(job)
     assert "Calling checkpoint method" in log and f"Requeued job {job_id}" in log, log[-2000:]
     saved = re.search(r"stopped by SIGUSR2 after step (\d+); checkpoint saved", log)
     assert saved, log[-2000:]
@@ -186,24 +227,29 @@ def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
     assert first <= stopped_at < MAX_STEPS
     assert list_checkpoints(run_dir / "checkpoints")[-1][0] == stopped_at  # saved on the signal
 
-    # The uninterrupted reference, trained here while the job waits to start again.
-    reference = tmp_path / "reference"
-    assert main(["train", "projection", "--run-dir", str(reference), *TRAIN]) == 0
-    capsys.readouterr()
-
-    # 2. An administrator's `scontrol requeue` (SIGTERM, then SIGKILL): no checkpoint()
-    #    call; the job starts again from its submission and resumes all the same.
-    resumed = _poll(
-        "the requeued job's next checkpoint", lambda: _newest_step(run_dir, stopped_at), job_id
-    )
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    # 2. An administrator's `scontrol requeue` of a job frozen mid-run: no handler runs,
+    #    the processes are killed, and the job starts again from its submission. It must
+    #    resume from exactly the newest complete checkpoint that existed when it froze.
+    _poll("the requeued job's next checkpoint", lambda: _newest_step(run_dir, stopped_at), job_id)
+    frozen = _scontrol("suspend", job_id)
+    assert frozen.returncode == 0, f"scontrol suspend {job_id}: {frozen.stderr}"
+    resumed = list_checkpoints(run_dir / "checkpoints")[-1][0]
+    assert stopped_at < resumed < MAX_STEPS
+    requeued = _scontrol("requeue", job_id)
+    assert requeued.returncode == 0, f"scontrol requeue {job_id}: {requeued.stderr}"
+    _release_when_held(job_id)
     _poll("the second requeue", lambda: _restarts(job_id) >= 2, job_id)
 
     results = wait(job, timeout_s=JOB_TIMEOUT_S)
     seconds = time.monotonic() - start
     result = results[0]
-    assert result["dfm_step"] == MAX_STEPS
-    assert stopped_at < resumed <= result["resumed_from"] < MAX_STEPS  # the last start's
+    log = _job_log(job)
+    assert result["dfm_step"] == MAX_STEPS, log[-2000:]
+    assert result["resumed_from"] == resumed, (  # the last start's
+        f"resumed from {result['resumed_from']}, newest checkpoint when frozen {resumed}; "
+        f"checkpoints now {[s for s, _ in list_checkpoints(run_dir / 'checkpoints')]}\n"
+        f"{log[-3000:]}"
+    )
     assert _restarts(job_id) == 2
     assert _final_state(job_id) == "COMPLETED"
 
@@ -212,7 +258,7 @@ def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
     different = [key for key in want if not torch.equal(got[key], want[key])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     print(
-        f"\nslurm: saved on the signal at step {stopped_at}, killed by scontrol requeue after "
+        f"\nslurm: saved on the signal at step {stopped_at}, frozen and requeued after "
         f"step {resumed}, requeued twice, finished in {seconds:.0f} s"
     )
 
