@@ -162,6 +162,9 @@ class GanEvaluationConfig:
     """``ddim``, ``ddpm``, ``edm`` or ``dpmpp_2m`` (``dfm_core.sampling.SAMPLERS``)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance scale (1: none)."""
+    reconstruction_weight: float = 0.0
+    """Reconstruction guidance towards the visible patch through the frozen generator
+    (dfm-core's ``reconstruction_guidance``; 0: none). The gan-demo preset uses 0.5."""
     patch_fraction: float = 0.5
     """Side of the visible square patch / image side (0.5: 25 % of the image, issue 10)."""
     heldout_seed: int = 10_000_019
@@ -187,6 +190,10 @@ class GanEvaluationConfig:
             )
         if not self.guidance_scale >= 0:
             raise ValueError(f"evaluation.guidance_scale: expected >= 0, got {self.guidance_scale}")
+        if not self.reconstruction_weight >= 0:
+            raise ValueError(
+                f"evaluation.reconstruction_weight: expected >= 0, got {self.reconstruction_weight}"
+            )
 
 
 def _demo_model() -> InversionModelConfig:
@@ -573,6 +580,7 @@ def complete_held_out(
         num_samples=k,
         steps=ev.steps,
         guidance_scale=ev.guidance_scale,
+        reconstruction_weight=ev.reconstruction_weight,
         seed=ev.seed,
         sampler=ev.sampler,
         callback=record,
@@ -733,7 +741,8 @@ def _describe(ev: GanEvaluationConfig, r: int, full: int) -> str:
         f"{ev.num_contexts} held-out generator samples (seed {ev.heldout_seed}, never used in "
         f"training), each seen through one square patch covering {ev.patch_fraction**2:.0%} of "
         f"the {r}x{r} image; {ev.num_samples} completions each ({ev.sampler}, {ev.steps} "
-        f"steps, guidance {ev.guidance_scale:g}), rendered at the generator's {full}x{full}. "
+        f"steps, guidance {ev.guidance_scale:g}, reconstruction guidance "
+        f"{ev.reconstruction_weight:g}), rendered at the generator's {full}x{full}. "
         "Scores on the [0, 1] pixels of the completions at the diffusion resolution: PSNR "
         "inside the patch, mean pairwise RMS difference outside it (diversity; 0 for the "
         "deterministic regressor), RMS error outside it (and its smallest value among the K samples: best of K), and the RMS distance of the sampled "
@@ -844,9 +853,11 @@ def evaluate(
 
 # ----------------------------------------------------------------------------- demo
 
-DEMO_EVALUATION = GanEvaluationConfig(num_contexts=4, num_samples=8, steps=50, picture_contexts=4)
-"""The demo's sampling: 4 held-out images x 8 completions, 50 DDIM steps (the model card's
-protocol on fewer images; ``python -m pytest packages/dfm-gan/tests/test_demo_quality.py -m
+DEMO_EVALUATION = GanEvaluationConfig(
+    num_contexts=4, num_samples=8, steps=50, reconstruction_weight=1.0, picture_contexts=4
+)
+"""The demo's sampling: 4 held-out images x 8 completions, 50 DDIM steps, reconstruction
+guidance 1 as in the gan-demo preset (the model card's protocol on fewer images; ``python -m pytest packages/dfm-gan/tests/test_demo_quality.py -m
 slow`` runs it on 16)."""
 
 

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dfm_core.diffusion import Context, DFMBatch, ForwardDiffusion
-from dfm_core.guidance import classifier_free_guidance
+from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
 from dfm_core.sampling import SAMPLERS, StepInfo
 from dfm_core.schedules import ScheduleConfig
 from dfm_gan.networks import Generator, generator_config, truncate
@@ -577,6 +577,7 @@ def sample_inversions(
     num_samples: int = 8,
     steps: int = 50,
     guidance_scale: float = 1.0,
+    reconstruction_weight: float = 0.0,
     seed: int | Sequence[int] = 0,
     sampler: str = "ddim",
     callback: Callable[[StepInfo], None] | None = None,
@@ -590,6 +591,12 @@ def sample_inversions(
         num_samples: K samples per image.
         steps: DDIM steps (paper: 50).
         guidance_scale: classifier-free guidance scale (1: plain conditional model).
+        reconstruction_weight: weight of reconstruction guidance towards the visible patch
+            (dfm-core's ``reconstruction_guidance``, Ho et al. 2022 eq. 7): each step's
+            estimate moves down the gradient of ``|| mask * (G(w_hat) - image) ||^2`` through
+            the denoiser and the frozen generator. It uses only the known forward model and
+            the observed pixels, so the samples stay a posterior over the hidden part; 0 (the
+            default) samples the plain conditional model. Costs one backward pass per step.
         seed: one seed per image (an int ``s`` means ``s, s + 1, ...``); sample ``k`` of
             image ``b`` draws its noise from ``seeds[b] * 1000 + k`` alone, so it does not
             depend on the batch it is in.
@@ -616,6 +623,22 @@ def sample_inversions(
     else:
         null = model.condition(context, view, drop=True)
         denoiser = classifier_free_guidance(model.denoise, condition, null, guidance_scale)
+    if reconstruction_weight < 0:
+        raise ValueError(f"reconstruction_weight: expected >= 0, got {reconstruction_weight}")
+    if reconstruction_weight > 0:
+        visible = masked[:, 3:]  # (B*K, 1, r, r)
+
+        def observe_patch(latents: Tensor, params: GanView) -> Tensor:
+            return model.forward_model(latents, params) * visible
+
+        denoiser = reconstruction_guidance(
+            denoiser,
+            model.schedule,
+            forward_model=observe_patch,
+            context_observation=masked[:, :3],
+            context_params=view,
+            weight=reconstruction_weight,
+        )
     generators = [
         torch.Generator(device="cpu").manual_seed(s * 1000 + j) for s in seeds for j in range(k)
     ]

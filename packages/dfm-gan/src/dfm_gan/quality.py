@@ -156,7 +156,9 @@ def evaluate_inversion(
     psi: float = 0.5,
     patch_fraction: float = 0.5,
     guidance_scale: float = 1.0,
+    reconstruction_weight: float = 0.0,
     seed: int = 0,
+    contexts_seed: int = 10_000_019,
 ) -> InversionQuality:
     """Score a DFM inversion model (K samples) or the regressor baseline on held-out contexts.
 
@@ -170,13 +172,21 @@ def evaluate_inversion(
         psi: truncation of the held-out latents (as in training).
         patch_fraction: patch side / image side (0.5 -> 25 % of the area).
         guidance_scale: CFG scale for the DFM model.
+        reconstruction_weight: reconstruction guidance towards the patch (DFM model only; see
+            :func:`~dfm_gan.inversion.sample_inversions`).
         seed: sampling seed.
+        contexts_seed: seed of the held-out images and patches (disjoint from training's).
     """
     fm = model.forward_model
     assert isinstance(fm, GeneratorForwardModel)
     r = resolution
     image, mask, w = held_out_contexts(
-        generator, num=num_contexts, resolution=r, psi=psi, patch_fraction=patch_fraction
+        generator,
+        num=num_contexts,
+        resolution=r,
+        psi=psi,
+        patch_fraction=patch_fraction,
+        seed=contexts_seed,
     )
     if isinstance(model, LatentRegressor):
         model.eval()
@@ -194,6 +204,7 @@ def evaluate_inversion(
             num_samples=num_samples,
             steps=steps,
             guidance_scale=guidance_scale,
+            reconstruction_weight=reconstruction_weight,
             seed=seed,
         )
         latents, completions = out.latents, out.observations
