@@ -22,16 +22,42 @@ per-application branches:
 
 Adding an application means adding its module here and its YAML presets in ``configs/``.
 Modules are imported on first use (``dfm --help`` stays fast).
+
+The scaffolding every application shares lives here too: ``Trained``, the two-phase
+``train_baseline_then_dfm`` (deterministic baseline first, then DFM, each resumable),
+``load_ema_models``, ``read_metrics`` and ``write_text_atomic``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["APPLICATIONS", "DemoSection", "MissingWeights", "application", "newest_checkpoint"]
+if TYPE_CHECKING:  # torch and the core load on first use: `dfm --help` stays fast
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from dfm_core.trainer import Trainer, TrainerConfig
+
+__all__ = [
+    "APPLICATIONS",
+    "DemoSection",
+    "MissingWeights",
+    "Trained",
+    "application",
+    "load_ema_models",
+    "newest_checkpoint",
+    "read_metrics",
+    "train_baseline_then_dfm",
+    "write_text_atomic",
+]
 
 APPLICATIONS: dict[str, str] = {
     "projection": "dfm_apps.projection",
@@ -96,3 +122,135 @@ def newest_checkpoint(run_dir: Path) -> tuple[int, Path]:
     if not found:
         raise CheckpointError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
     return found[-1]
+
+
+@dataclass
+class Trained:
+    """The EMA models after training and the steps they were trained for."""
+
+    diffusion: Any
+    """The DFM model (a ``dfm_core.diffusion.ForwardDiffusion``)."""
+    baseline: Any
+    """The application's deterministic baseline."""
+    dfm_step: int
+    baseline_step: int
+    resumed_from: int | None
+    """The DFM step this training resumed from (None: a fresh run, or loaded weights)."""
+
+
+def _same(module: nn.Module) -> nn.Module:
+    return module
+
+
+def train_baseline_then_dfm(
+    baseline: nn.Module,
+    diffusion: nn.Module,
+    dataset: Dataset,
+    trainer_config: TrainerConfig,
+    *,
+    baseline_steps: int,
+    run_dir: Path,
+    baseline_dir: Path,
+    before_dfm: Callable[[Trainer], None] | None = None,
+    unwrap: Callable[[nn.Module], nn.Module] = _same,
+    **trainer_options: Any,
+) -> Trained:
+    """Train (or resume) the baseline in ``baseline_dir``, then DFM in ``run_dir``.
+
+    Each phase resumes from its newest checkpoint and a finished one is not trained further,
+    so a killed run restarts where it stopped. Call on every rank. Both trainers are closed
+    only at the very end: the first one owns the DDP process group.
+
+    Args:
+        baseline: what the baseline's trainer optimises (``forward(batch, generator=)``).
+        diffusion: the same for DFM.
+        dataset: the training set of both.
+        trainer_config: DFM's; the baseline's is the same with ``max_steps=baseline_steps``.
+        baseline_steps: the baseline's training length.
+        run_dir: DFM's run directory.
+        baseline_dir: the baseline's run directory (inside ``run_dir``).
+        before_dfm: called with the finished baseline trainer before DFM's is built (e.g.
+            to initialise a fresh DFM model from the baseline).
+        unwrap: maps a trainer's EMA module to the model ``Trained`` holds (for trainers
+            that optimise a wrapper around it).
+        **trainer_options: passed to both ``Trainer``s (``collate_fn``, ``run_config``,
+            ``frozen_config_keys``...).
+    """
+    from dfm_core.trainer import Trainer
+
+    base_trainer = Trainer(
+        baseline,
+        dataset,
+        dataclasses.replace(trainer_config, max_steps=baseline_steps),
+        run_dir=baseline_dir,
+        **trainer_options,
+    )
+    base_trainer.resume()
+    base_trainer.train()
+    if before_dfm is not None:
+        before_dfm(base_trainer)
+    dfm_trainer = Trainer(diffusion, dataset, trainer_config, run_dir=run_dir, **trainer_options)
+    resumed = dfm_trainer.resume()
+    dfm_trainer.train()
+    result = Trained(
+        diffusion=unwrap(dfm_trainer.ema_model()),
+        baseline=unwrap(base_trainer.ema_model()),
+        dfm_step=dfm_trainer.step,
+        baseline_step=base_trainer.step,
+        resumed_from=resumed,
+    )
+    for trainer in (base_trainer, dfm_trainer):
+        trainer.close()
+    return result
+
+
+def load_ema_models(
+    diffusion: nn.Module,
+    baseline: nn.Module,
+    run_dir: Path,
+    *,
+    baseline_dir: Path,
+    wrap: Callable[[nn.Module], nn.Module] = _same,
+) -> Trained:
+    """Load the EMA weights of a run's newest complete checkpoints; models in eval mode.
+
+    Args:
+        diffusion: a freshly built DFM model (its weights are replaced).
+        baseline: a freshly built baseline.
+        run_dir: DFM's run directory; ``baseline_dir`` the baseline's.
+        wrap: the module the trainer optimised around each model (its state dict's keys).
+
+    Raises:
+        CheckpointError: the run (or its baseline) has no complete checkpoint yet.
+    """
+    from dfm_core.checkpoint import load_weights
+
+    dfm_step, dfm_path = newest_checkpoint(run_dir)
+    base_step, base_path = newest_checkpoint(baseline_dir)
+    wrap(diffusion).load_state_dict(load_weights(dfm_path, ema=True)[0])
+    wrap(baseline).load_state_dict(load_weights(base_path, ema=True)[0])
+    return Trained(diffusion.eval(), baseline.eval(), dfm_step, base_step, None)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (none if it is missing; a line torn by a
+    kill is skipped)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file + rename), as every file of a run is:
+    a kill leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

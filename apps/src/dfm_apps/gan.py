@@ -47,12 +47,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dfm_apps.applications import DemoSection, MissingWeights, newest_checkpoint
-from dfm_core.checkpoint import load_weights
+from dfm_apps.applications import (
+    DemoSection,
+    MissingWeights,
+    Trained,
+    load_ema_models,
+    read_metrics,
+    train_baseline_then_dfm,
+    write_text_atomic,
+)
 from dfm_core.diffusion import Context, DFMBatch, ForwardDiffusion
 from dfm_core.sampling import SAMPLERS, StepInfo
 from dfm_core.schedules import SCHEDULES
-from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
+from dfm_core.trainer import OptimizerConfig, TrainerConfig
 from dfm_gan.inversion import (
     DEFAULT_DEMO_WEIGHTS,
     FFHQ256_PICKLE,
@@ -373,17 +380,6 @@ class InversionTraining(nn.Module):
         return self.model(batch, generator=generator)
 
 
-@dataclass
-class Trained:
-    """The EMA models after training and the steps they were trained for."""
-
-    diffusion: ForwardDiffusion
-    baseline: LatentRegressor
-    dfm_step: int
-    baseline_step: int
-    resumed_from: int | None
-
-
 def _set_threads(config: GanConfig) -> None:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
@@ -408,37 +404,19 @@ def train(config: GanConfig, run_dir: Path, *, run_config: dict[str, Any]) -> Tr
     dataset = InversionDataset(
         copy.deepcopy(generator), config.model, num=config.data.length, seed=config.data.seed
     )
-    options = {"collate_fn": collate_inversion, "run_config": run_config}
-    base_trainer = Trainer(
+    return train_baseline_then_dfm(
         InversionTraining(regressor),
-        dataset,
-        dataclasses.replace(config.trainer, max_steps=config.baseline_steps),
-        run_dir=run_dir / BASELINE_DIR,
-        frozen_config_keys=FROZEN,
-        **options,
-    )
-    base_trainer.resume()
-    base_trainer.train()
-    dfm_trainer = Trainer(
         InversionTraining(diffusion),
         dataset,
         config.trainer,
+        baseline_steps=config.baseline_steps,
         run_dir=run_dir,
+        baseline_dir=run_dir / BASELINE_DIR,
+        unwrap=lambda ema: ema.model.eval(),  # type: ignore[union-attr]
+        collate_fn=collate_inversion,
+        run_config=run_config,
         frozen_config_keys=FROZEN,
-        **options,
     )
-    resumed = dfm_trainer.resume()
-    dfm_trainer.train()
-    result = Trained(
-        diffusion=dfm_trainer.ema_model().model.eval(),  # type: ignore[union-attr]
-        baseline=base_trainer.ema_model().model.eval(),  # type: ignore[union-attr]
-        dfm_step=dfm_trainer.step,
-        baseline_step=base_trainer.step,
-        resumed_from=resumed,
-    )
-    for trainer in (base_trainer, dfm_trainer):  # once, at the very end (the first owns DDP)
-        trainer.close()
-    return result
 
 
 def load_models(config: GanConfig, run_dir: Path) -> Trained:
@@ -449,11 +427,9 @@ def load_models(config: GanConfig, run_dir: Path) -> Trained:
         MissingWeights: the generator file is gone.
     """
     diffusion, regressor = build_models(config, load_generator(config.generator))
-    dfm_step, dfm_path = newest_checkpoint(run_dir)
-    base_step, base_path = newest_checkpoint(run_dir / BASELINE_DIR)
-    InversionTraining(diffusion).load_state_dict(load_weights(dfm_path, ema=True)[0])
-    InversionTraining(regressor).load_state_dict(load_weights(base_path, ema=True)[0])
-    return Trained(diffusion.eval(), regressor.eval(), dfm_step, base_step, None)
+    return load_ema_models(
+        diffusion, regressor, run_dir, baseline_dir=run_dir / BASELINE_DIR, wrap=InversionTraining
+    )
 
 
 # ----------------------------------------------------------------------------- completing
@@ -727,15 +703,6 @@ def _scores(result: Completions) -> dict[str, float]:
     return scores
 
 
-def _write_text(path: Path, text: str) -> Path:
-    """Write atomically (temp file + rename), as every file of a run is."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def _describe(ev: GanEvaluationConfig, r: int, full: int) -> str:
     return (
         f"{ev.num_contexts} held-out generator samples (seed {ev.heldout_seed}, never used in "
@@ -763,18 +730,6 @@ class Evaluation:
 
     def scores_dict(self) -> dict[str, float]:
         return dict(self.scores)
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
 
 
 def evaluate(
@@ -822,7 +777,9 @@ def evaluate(
         "baseline_step": trained.baseline_step,
         **{f"evaluation.{k}": v for k, v in dataclasses.asdict(ev).items()},
     }
-    files["scores"] = _write_text(out_dir / "scores.json", json.dumps(summary, indent=2) + "\n")
+    files["scores"] = write_text_atomic(
+        out_dir / "scores.json", json.dumps(summary, indent=2) + "\n"
+    )
     full = result.truth.shape[-1]
     html = report.render_page(
         title=f"DFM GAN inversion: {config.name}",
@@ -842,12 +799,12 @@ def evaluate(
         config_yaml=config_yaml,
         base=out_dir,
         metrics={
-            "DFM": _read_metrics(run_dir / "metrics.jsonl"),
-            "regressor": _read_metrics(run_dir / BASELINE_DIR / "metrics.jsonl"),
+            "DFM": read_metrics(run_dir / "metrics.jsonl"),
+            "regressor": read_metrics(run_dir / BASELINE_DIR / "metrics.jsonl"),
         },
         commands=[f"dfm sample {run_dir} --seed {ev.seed}"],
     )
-    files["report"] = _write_text(out_dir / "report.html", html)
+    files["report"] = write_text_atomic(out_dir / "report.html", html)
     return Evaluation(scores=scores, completions=result, files=files)
 
 
@@ -917,7 +874,7 @@ def _demo(out_dir: Path, seed: int) -> DemoSection:
     scores = _scores(result)
     png = write_completions_png(result, out_dir / "completions.png", rows=ev.picture_contexts)
     videos = write_denoising_video(result, diffusion.forward_model.generator, out_dir)  # type: ignore[arg-type]
-    _write_text(
+    write_text_atomic(
         out_dir / "scores.json",
         json.dumps({**scores, "seed": seed, **dataclasses.asdict(ev)}, indent=2) + "\n",
     )

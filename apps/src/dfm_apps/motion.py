@@ -61,7 +61,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from dfm_apps.applications import DemoSection, MissingWeights, newest_checkpoint
+from dfm_apps.applications import (
+    DemoSection,
+    MissingWeights,
+    Trained,
+    load_ema_models,
+    read_metrics,
+    train_baseline_then_dfm,
+    write_text_atomic,
+)
 from dfm_apps.motion_heldout import (
     HeldOut,
     MotionOutputs,
@@ -74,11 +82,10 @@ from dfm_apps.motion_heldout import (
     velocity_set,
     write_media,
 )
-from dfm_core.checkpoint import load_weights
 from dfm_core.diffusion import DFMBatch, ForwardDiffusion
 from dfm_core.dit import DIT_PRESETS
 from dfm_core.sampling import SAMPLERS
-from dfm_core.trainer import OptimizerConfig, Trainer, TrainerConfig
+from dfm_core.trainer import OptimizerConfig, TrainerConfig
 from dfm_flow import (
     MotionModelConfig,
     frames_to_batch,
@@ -419,17 +426,6 @@ def training_set(config: MotionConfig) -> Dataset:
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
-class Trained:
-    """The EMA models after training and the steps they were trained for."""
-
-    diffusion: ForwardDiffusion
-    baseline: MotionRegressor
-    dfm_step: int
-    baseline_step: int
-    resumed_from: int | None
-
-
 def _set_threads(config: MotionConfig) -> None:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
@@ -450,30 +446,18 @@ def train(config: MotionConfig, run_dir: Path, *, run_config: dict[str, Any]) ->
     _set_threads(config)
     dataset = training_set(config)
     diffusion, baseline = build_models(config)
-    common = {"collate_fn": collate_motion_batches, "run_config": run_config,
-              "frozen_config_keys": FROZEN}  # fmt: skip
-    base_trainer = Trainer(
+    return train_baseline_then_dfm(
         baseline,
+        diffusion,
         dataset,
-        dataclasses.replace(config.trainer, max_steps=config.baseline_steps),
-        run_dir=run_dir / BASELINE_DIR,
-        **common,  # type: ignore[arg-type]
+        config.trainer,
+        baseline_steps=config.baseline_steps,
+        run_dir=run_dir,
+        baseline_dir=run_dir / BASELINE_DIR,
+        collate_fn=collate_motion_batches,
+        run_config=run_config,
+        frozen_config_keys=FROZEN,
     )
-    base_trainer.resume()
-    base_trainer.train()
-    dfm_trainer = Trainer(diffusion, dataset, config.trainer, run_dir=run_dir, **common)  # type: ignore[arg-type]
-    resumed = dfm_trainer.resume()
-    dfm_trainer.train()
-    result = Trained(
-        diffusion=dfm_trainer.ema_model(),  # type: ignore[arg-type]
-        baseline=base_trainer.ema_model(),  # type: ignore[arg-type]
-        dfm_step=dfm_trainer.step,
-        baseline_step=base_trainer.step,
-        resumed_from=resumed,
-    )
-    for trainer in (base_trainer, dfm_trainer):  # once, at the very end (the first owns DDP)
-        trainer.close()
-    return result
 
 
 def load_models(config: MotionConfig, run_dir: Path) -> Trained:
@@ -482,12 +466,7 @@ def load_models(config: MotionConfig, run_dir: Path) -> Trained:
     Raises:
         CheckpointError: the run (or its baseline) has no complete checkpoint yet.
     """
-    diffusion, baseline = build_models(config)
-    dfm_step, dfm_path = newest_checkpoint(run_dir)
-    base_step, base_path = newest_checkpoint(run_dir / BASELINE_DIR)
-    diffusion.load_state_dict(load_weights(dfm_path, ema=True)[0])
-    baseline.load_state_dict(load_weights(base_path, ema=True)[0])
-    return Trained(diffusion.eval(), baseline.eval(), dfm_step, base_step, None)
+    return load_ema_models(*build_models(config), run_dir, baseline_dir=run_dir / BASELINE_DIR)
 
 
 # ----------------------------------------------------------------------------- held-out clips
@@ -536,26 +515,6 @@ class Evaluation:
 
     def scores_dict(self) -> dict[str, float]:
         return dict(self.scores)
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
-def _write_text(path: Path, text: str) -> Path:
-    """Write atomically (temp file + rename)."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def evaluate(
@@ -607,7 +566,9 @@ def evaluate(
             else f"{config.data.root} test list"
         ),
     }
-    files["scores"] = _write_text(out_dir / "scores.json", json.dumps(summary, indent=1) + "\n")
+    files["scores"] = write_text_atomic(
+        out_dir / "scores.json", json.dumps(summary, indent=1) + "\n"
+    )
     where = summary["heldout"]
     html = report.render_page(
         title=f"DFM single-image motion: {config.name}",
@@ -627,12 +588,12 @@ def evaluate(
         config_yaml=config_yaml,
         base=out_dir,
         metrics={
-            "DFM": _read_metrics(run_dir / "metrics.jsonl"),
-            "regressor": _read_metrics(run_dir / BASELINE_DIR / "metrics.jsonl"),
+            "DFM": read_metrics(run_dir / "metrics.jsonl"),
+            "regressor": read_metrics(run_dir / BASELINE_DIR / "metrics.jsonl"),
         },
         commands=[f"dfm sample {run_dir} --seed {ev.seed}"],
     )
-    files["report"] = _write_text(out_dir / "report.html", html)
+    files["report"] = write_text_atomic(out_dir / "report.html", html)
     return Evaluation(scores=scores, files=files)
 
 
@@ -718,7 +679,7 @@ def _demo(
         out_dir, held, outputs, diffusion.forward_model, count=num_pictures, max_time=2.0,
         video_frames=25,
     )  # fmt: skip
-    _write_text(
+    write_text_atomic(
         out_dir / "scores.json",
         json.dumps({**scores, "pooled_counts": counts, "weights": meta}, indent=1) + "\n",
     )

@@ -34,7 +34,13 @@ import torch
 from torch import Tensor
 
 from dfm_apps import plots, report
-from dfm_apps.applications import DemoSection, MissingWeights, newest_checkpoint
+from dfm_apps.applications import (
+    DemoSection,
+    MissingWeights,
+    load_ema_models,
+    read_metrics,
+    write_text_atomic,
+)
 from dfm_apps.config import (
     PROJECTION_FROZEN,
     EvaluationConfig,
@@ -42,7 +48,6 @@ from dfm_apps.config import (
     config_from_container,
     validate,
 )
-from dfm_core.checkpoint import load_weights
 from dfm_core.diffusion import Context, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
 from dfm_core.projection_problem import (
@@ -129,16 +134,12 @@ def load_models(config: ProjectionConfig, run_dir: Path) -> Trained:
     Raises:
         CheckpointError: the run (or its baseline) has no complete checkpoint yet.
     """
-    diffusion, baseline = build_models(config)
-    dfm_step, dfm_path = newest_checkpoint(run_dir)
-    base_step, base_path = newest_checkpoint(run_dir / BASELINE_DIR)
-    diffusion.load_state_dict(load_weights(dfm_path, ema=True)[0])
-    baseline.load_state_dict(load_weights(base_path, ema=True)[0])
+    loaded = load_ema_models(*build_models(config), run_dir, baseline_dir=run_dir / BASELINE_DIR)
     return Trained(
-        diffusion=diffusion.eval(),
-        baseline=baseline.eval(),
-        dfm_step=dfm_step,
-        baseline_step=base_step,
+        diffusion=loaded.diffusion,
+        baseline=loaded.baseline,
+        dfm_step=loaded.dfm_step,
+        baseline_step=loaded.baseline_step,
         resumed_from=None,
     )
 
@@ -290,7 +291,7 @@ def evaluate(
         "guidance_scale": evaluation.guidance_scale,
         "seed": evaluation.seed,
     }
-    _write_text(files["scores"], json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(files["scores"], json.dumps(summary, indent=2) + "\n")
 
     files["report"] = out_dir / "report.html"
     html = report.render_report(
@@ -300,11 +301,11 @@ def evaluate(
         images={name: files[name] for name in ("samples", "denoising") if name in files},
         config_yaml=config_yaml,
         metrics={
-            "DFM": _read_metrics(run_dir / "metrics.jsonl"),
-            "baseline": _read_metrics(run_dir / BASELINE_DIR / "metrics.jsonl"),
+            "DFM": read_metrics(run_dir / "metrics.jsonl"),
+            "baseline": read_metrics(run_dir / BASELINE_DIR / "metrics.jsonl"),
         },
     )
-    _write_text(files["report"], html)
+    write_text_atomic(files["report"], html)
     return result
 
 
@@ -326,25 +327,6 @@ def _summary_sentence(config: ProjectionConfig, trained: Trained) -> str:
         f"to exact posterior samples, averaged over {e.num_contexts} held-out contexts with "
         f"{e.num_samples} samples each; the noise floor is that of two independent exact sets."
     )
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temp file + rename), as every file of a run is."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- shipped weights

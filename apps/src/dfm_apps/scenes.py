@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dfm_apps.applications import newest_checkpoint
+from dfm_apps.applications import Trained, load_ema_models, train_baseline_then_dfm
 from dfm_apps.scene_protocols import (
     PROTOCOLS,
     ProtocolConfig,
@@ -61,7 +61,7 @@ from dfm_apps.scene_protocols import (
     run_protocol,
     uses_protocol,
 )
-from dfm_core.checkpoint import list_checkpoints, load_weights
+from dfm_core.checkpoint import list_checkpoints
 from dfm_core.diffusion import DFMBatch, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance, reconstruction_guidance
 from dfm_core.sampling import SAMPLERS, sample
@@ -456,17 +456,6 @@ def training_set(config: ScenesConfig) -> SceneTrainingSet:
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
-class Trained:
-    """The EMA models after training and the steps they were trained for."""
-
-    diffusion: ForwardDiffusion
-    baseline: PixelNeRFBaseline
-    dfm_step: int
-    baseline_step: int
-    resumed_from: int | None
-
-
 def _set_threads(config: ScenesConfig) -> None:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
@@ -493,39 +482,24 @@ def train(config: ScenesConfig, run_dir: Path, *, run_config: dict[str, Any]) ->
         check_protocol_weights(config.evaluation.protocol)
     dataset = training_set(config)
     diffusion, baseline = build_models(config)
-    base_trainer = Trainer(
+
+    def init_from_baseline(base_trainer: Trainer) -> None:
+        fresh = not list_checkpoints(run_dir / "checkpoints")
+        if fresh and config.init_from_baseline:
+            load_baseline_into(diffusion.predictor, base_trainer.ema_model().state_dict())
+
+    return train_baseline_then_dfm(
         baseline,
-        dataset,
-        dataclasses.replace(config.trainer, max_steps=config.baseline_steps),
-        run_dir=run_dir / BASELINE_DIR,
-        collate_fn=collate_scene_batches,
-        run_config=run_config,
-    )
-    base_trainer.resume()
-    base_trainer.train()
-    fresh = not list_checkpoints(run_dir / "checkpoints")
-    if fresh and config.init_from_baseline:
-        load_baseline_into(diffusion.predictor, base_trainer.ema_model().state_dict())
-    dfm_trainer = Trainer(
         diffusion,
         dataset,
         config.trainer,
+        baseline_steps=config.baseline_steps,
         run_dir=run_dir,
+        baseline_dir=run_dir / BASELINE_DIR,
+        before_dfm=init_from_baseline,
         collate_fn=collate_scene_batches,
         run_config=run_config,
     )
-    resumed = dfm_trainer.resume()
-    dfm_trainer.train()
-    result = Trained(
-        diffusion=dfm_trainer.ema_model(),  # type: ignore[arg-type]
-        baseline=base_trainer.ema_model(),  # type: ignore[arg-type]
-        dfm_step=dfm_trainer.step,
-        baseline_step=base_trainer.step,
-        resumed_from=resumed,
-    )
-    for trainer in (base_trainer, dfm_trainer):  # once, at the very end (the first owns DDP)
-        trainer.close()
-    return result
 
 
 def load_models(config: ScenesConfig, run_dir: Path) -> Trained:
@@ -534,12 +508,7 @@ def load_models(config: ScenesConfig, run_dir: Path) -> Trained:
     Raises:
         CheckpointError: the run (or its baseline) has no complete checkpoint yet.
     """
-    diffusion, baseline = build_models(config)
-    dfm_step, dfm_path = newest_checkpoint(run_dir)
-    base_step, base_path = newest_checkpoint(run_dir / BASELINE_DIR)
-    diffusion.load_state_dict(load_weights(dfm_path, ema=True)[0])
-    baseline.load_state_dict(load_weights(base_path, ema=True)[0])
-    return Trained(diffusion.eval(), baseline.eval(), dfm_step, base_step, None)
+    return load_ema_models(*build_models(config), run_dir, baseline_dir=run_dir / BASELINE_DIR)
 
 
 # ----------------------------------------------------------------------------- sampling
