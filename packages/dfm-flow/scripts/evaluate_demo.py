@@ -51,13 +51,29 @@ def load_heldout(root: str, split: str = "train", limit: int | None = None):
 
 
 def evaluate(
-    root: str, dfm_path=None, regressor_path=None, *, num_samples=16, steps=20, limit=None, seed=0
+    root: str,
+    dfm_path=None,
+    regressor_path=None,
+    *,
+    num_samples=16,
+    steps=20,
+    limit=None,
+    seed=0,
+    guidance_scale=1.0,
+    eta=0.0,
 ):
     images, clips, velocity_set = load_heldout(root, limit=limit)
     start = time.time()
     dfm = load_motion_demo("dfm", path=dfm_path)
     estimates, truth = sampled_sprite_velocities(
-        dfm, images, clips, num_samples=num_samples, steps=steps, seed=seed
+        dfm,
+        images,
+        clips,
+        num_samples=num_samples,
+        steps=steps,
+        seed=seed,
+        guidance_scale=guidance_scale,
+        eta=eta,
     )
     dfm_scores = score_motions(estimates, truth, velocity_set)
     dfm_seconds = time.time() - start
@@ -68,7 +84,7 @@ def evaluate(
     return {
         "clips": len(clips),
         "num_samples": num_samples,
-        "sampler": f"ddim, {steps} steps, eta 0, guidance 1",
+        "sampler": f"ddim, {steps} steps, eta {eta:g}, guidance {guidance_scale:g}",
         "dfm": dataclasses.asdict(dfm_scores),
         "regressor": dataclasses.asdict(base_scores),
         "dfm_sampling_seconds": round(dfm_seconds),
@@ -84,6 +100,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--guidance", type=float, default=1.0, help="CFG scale (1: none)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = evaluate(
@@ -93,6 +112,9 @@ def main() -> None:
         num_samples=args.samples,
         steps=args.steps,
         limit=args.limit,
+        seed=args.seed,
+        guidance_scale=args.guidance,
+        eta=args.eta,
     )
     print(json.dumps(result, indent=1))
 
