@@ -67,20 +67,24 @@ FAMILY_SEEDS = tuple(range(8))
 
 
 def family_recipe(problem: ProjectionProblem) -> ProjectionFitConfig:
-    """The one recipe for every problem of the family; only the size scales with d."""
+    """The one recipe for every problem of the family; only the width scales with d."""
     d = problem.signal_dim
     return ProjectionFitConfig(
         model=ProjectionModelConfig(hidden=64 + 16 * d, depth=4, context_consistent=True),
         steps=FAMILY_STEPS,
         baseline_steps=1_000,
-        batch_size=256,
+        # Measured (problems 1 and 4, docs/benchmarks.md): the family is limited by the
+        # number of training examples, not by steps or width, and on a CPU a batch of 1024
+        # costs little more per example than 256: 4000 x 1024 took them from 2.80x, 2.58x
+        # (8000 x 256) to 1.98x, 1.57x in about the same time.
+        batch_size=1_024,
         lr=8e-3,  # measured: 2e-3 -> 8e-3 took problems 0 and 1 from 3.7x, 6.6x to 2.0x, 3.4x
         ema_decay=0.999,
         ema_warmup=True,
     )
 
 
-FAMILY_STEPS = 3_000  # ~3.5 min per problem on one busy CPU thread: the ~30 min budget
+FAMILY_STEPS = 4_000  # about 1-2 min per problem on one CPU thread: the ~30 min budget
 
 
 @pytest.mark.slow
@@ -118,10 +122,8 @@ def test_dfm_fidelity_holds_across_a_family_of_problems(tmp_path):
     relative = sorted(s.relative_ratio for _, s in rows)
     median = 0.5 * (relative[len(relative) // 2 - 1] + relative[len(relative) // 2])
     print(f"\nmedian trained/exact {median:.2f}, worst {relative[-1]:.2f}")
-    # Issue 11's target "DFM better than the deterministic baseline on every problem": met.
+    # Issue 11's targets: DFM better than the deterministic baseline on every problem,
+    # median trained / exact-denoiser ratio <= 1.5, worst <= 3.
     assert all(s.dfm < s.baseline for _, s in rows), [n for n, s in rows if s.dfm >= s.baseline]
-    # Its other targets, median <= 1.5 and worst <= 3, are NOT met within this CPU budget
-    # (measured 1.96 and 3.39 on 2026-11-30, docs/benchmarks.md); these bounds guard
-    # against regressions from that state until a recipe reaches them.
-    assert median <= 2.5
-    assert relative[-1] <= 4.5
+    assert median <= 1.5
+    assert relative[-1] <= 3.0
