@@ -172,3 +172,20 @@ def test_depth_error_is_the_mean_relative_error_on_the_object():
     expected = (abs(2.2 - 2.0) / 2.0 + abs(3.0 - 4.0) / 4.0) / 2
     assert scenes.depth_error(depth, opacity, exact) == pytest.approx(expected)
     assert scenes.depth_error(exact * 1.0, torch.ones_like(exact), exact) == 0.0
+
+
+def test_only_rank_zero_writes_the_objects_world(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun another rank waits for rank 0's marker (written last), writing nothing."""
+    import threading
+
+    root = tmp_path / "world"
+    monkeypatch.setenv("RANK", "1")
+    marker = root / "category_to_subset_name_list.json"
+    timer = threading.Timer(0.2, lambda: (root.mkdir(), marker.write_text("{}")))
+    timer.start()
+    world = scenes.WorldConfig(n_sequences=2, n_frames=2, size=8)
+    assert scenes.ensure_world(root, world, seed=0, categories=["hydrant"]) == root
+    timer.join()
+    assert sorted(p.name for p in root.iterdir()) == [marker.name]

@@ -34,6 +34,7 @@ import dataclasses
 import importlib
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "newest_checkpoint",
     "read_metrics",
     "train_baseline_then_dfm",
+    "wait_unless_rank_zero",
     "write_text_atomic",
 ]
 
@@ -254,3 +256,30 @@ def write_text_atomic(path: Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def wait_unless_rank_zero(marker: Path, what: str, *, timeout_s: float = 3600.0) -> bool:
+    """Let only rank 0 write shared files: other ranks wait for its ``marker`` (written last).
+
+    Under torchrun every rank reaches the step that synthesizes a world; writing the same
+    files from several processes at once would corrupt them.
+
+    Args:
+        marker: the file rank 0 writes last.
+        what: what is being written, for the timeout message.
+        timeout_s: how long another rank waits.
+
+    Returns:
+        False on rank 0 (it must write); True on other ranks, once ``marker`` exists.
+
+    Raises:
+        TimeoutError: rank 0 did not finish within ``timeout_s``.
+    """
+    if int(os.environ.get("RANK", "0")) == 0:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{marker}: rank 0 did not finish {what} in {timeout_s:.0f} s")
+        time.sleep(1.0)
+    return True

@@ -51,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ from dfm_apps.applications import (
     load_ema_models,
     read_metrics,
     train_baseline_then_dfm,
+    wait_unless_rank_zero,
     write_text_atomic,
 )
 from dfm_apps.motion_heldout import (
@@ -336,14 +336,7 @@ def ensure_world(
             "the synthetic motion world; set data.synthesize=false to train on it (or delete "
             "it if it is a synthetic world whose writing was interrupted)"
         )
-    if int(os.environ.get("RANK", "0")) != 0:
-        # Under torchrun every rank gets here: rank 0 writes the world, the others wait for
-        # its ground truth (written last) instead of writing the same files concurrently.
-        deadline = time.monotonic() + 3600
-        while not marker.is_file():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{marker}: rank 0 did not finish the motion world in 1 h")
-            time.sleep(1.0)
+    if wait_unless_rank_zero(marker, "the motion world"):
         return root
     from dfm_data.worlds.motion import MotionWorldConfig, synthesize_motion
 

@@ -51,7 +51,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dfm_apps.applications import Trained, load_ema_models, train_baseline_then_dfm
+from dfm_apps.applications import (
+    Trained,
+    load_ema_models,
+    train_baseline_then_dfm,
+    wait_unless_rank_zero,
+)
 from dfm_apps.scene_protocols import (
     PROTOCOLS,
     ProtocolConfig,
@@ -356,9 +361,10 @@ def collate_scene_batches(items: list[DFMBatch]) -> DFMBatch:
 
 
 def ensure_world(root: Path, world: WorldConfig, *, seed: int, categories: list[str]) -> Path:
-    """Write the objects world to ``root`` unless it is there already (marker file last)."""
+    """Write the objects world to ``root`` unless it is there already (marker file last);
+    under torchrun only rank 0 writes, the others wait for its marker."""
     marker = root / "category_to_subset_name_list.json"
-    if marker.is_file():
+    if marker.is_file() or wait_unless_rank_zero(marker, "the objects world"):
         return root
     from dfm_data.worlds.objects import ObjectsWorldConfig, synthesize_objects
 
