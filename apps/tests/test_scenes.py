@@ -132,6 +132,15 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
         assert ply.readline() == b"ply\n"
     assert main(["export", "scene", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    # `dfm sample` may evaluate the trained field in bfloat16, but not change the model.
+    fast = ["evaluation.autoregressive_views=0", "evaluation.steps=2"]
+    argv = ["sample", str(run), "--out", str(tmp_path / "bf16"), *fast]
+    assert main([*argv, "model.renderer.field_dtype=bfloat16"]) == 0
+    assert (tmp_path / "bf16" / "scores.json").is_file()
+    capsys.readouterr()
+    assert main([*argv, "model.image_size=8"]) == 2
+    err = capsys.readouterr().err
+    assert "model.image_size" in err and "model.renderer.field_dtype" in err
 
 
 def test_exact_depths_match_the_worlds_depth_files(world):

@@ -16,6 +16,8 @@ per-application branches:
   training; ``dfm demo`` runs every application's in turn, CPU, well under a minute each):
   sample, picture, score, and return what the combined report shows. Raises
   ``MissingWeights`` (naming the file and how to make it) when the weights are not shipped;
+* optional ``SAMPLING_KEYS``: dotted keys inside ``FROZEN`` that ``dfm sample``/``eval``
+  may override because they change how the weights are evaluated, not the weights;
 * optional ``PROTOCOLS`` (name -> one-line description) and ``run_protocol(config, trained,
   out_dir, *, protocol, run_dir) -> evaluation``: the evaluation protocols ``dfm eval`` runs
   (metrics.json + metrics.md); without them ``dfm eval`` runs ``evaluate``.

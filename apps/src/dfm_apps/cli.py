@@ -421,9 +421,14 @@ def _load_run(
     config = merge_overrides(stored, [*overrides, *extra])
     sampling_keys = ("evaluation", "num_threads")
     changed = frozen_differences(stored, config, [str(k) for k in stored if k not in sampling_keys])
+    # Keys inside the frozen sections that change how the fixed weights are evaluated, not
+    # the weights (e.g. the 3D field's precision).
+    allowed = getattr(_application_of(stored), "SAMPLING_KEYS", ())
+    changed = [c for c in changed if c.split(" (")[0] not in allowed]
     if changed:
+        also = f", {', '.join(allowed)}" if allowed else ""
         raise ConfigError(
-            f"dfm {command}: only evaluation.* (and num_threads) may be overridden, got "
+            f"dfm {command}: only evaluation.* (and num_threads{also}) may be overridden, got "
             + ", ".join(changed)
         )
     settings = validate(config)
@@ -438,6 +443,15 @@ def _load_run(
             f"{error} (train it first: dfm train {settings.name} --run-dir {run_dir})"
         ) from error
     return settings, config, app, trained, int(settings.evaluation.seed)
+
+
+def _application_of(stored: Any) -> Any:
+    """The application module of a stored run config (None if its ``app`` is unknown: the
+    validation that follows names the problem)."""
+    from dfm_apps.applications import APPLICATIONS, application
+
+    name = stored.get("app", "projection")
+    return application(name) if name in APPLICATIONS else None
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -87,6 +87,7 @@ __all__ = [
     "DATA_FORMATS",
     "FROZEN",
     "PROTOCOLS",
+    "SAMPLING_KEYS",
     "DataRootError",
     "ProtocolConfig",
     "SceneDataConfig",
@@ -286,6 +287,9 @@ class ScenesConfig:
 
 CONFIG = ScenesConfig
 FROZEN = ("app", "model")
+SAMPLING_KEYS = ("model.renderer.field_dtype",)
+"""Keys under ``FROZEN`` that ``dfm sample``/``eval`` may still override: they change how
+the trained field is evaluated (bfloat16 matmuls), not its weights."""
 """Config sections that fix the weights: a resumed run or ``dfm sample`` may not change them."""
 
 
