@@ -450,19 +450,7 @@ def _choose_pairs(config: Any, protocol: str, dataset: Any) -> tuple[list[EvalPa
 
 def _views_at(dataset: Any, pair: EvalPair) -> Any:
     """The ``ViewBatch`` (B = 1) of a pair: its context and target views, no novel view."""
-    if hasattr(dataset, "views_at"):
-        return dataset.views_at(pair.index, list(pair.context), list(pair.target))
-    # RealEstate10kDataset has no views_at yet: build the item as its own _item does.
-    from dfm_data.batch import make_view_batch
-
-    cfg = dataset.config
-    frames = dataset._frames[dataset.clips[pair.index]]
-    views = {
-        key: [(*dataset._view(frames[i]), i) for i in positions]
-        for key, positions in (("context", pair.context), ("target", pair.target), ("novel", ()))
-    }
-    size = (cfg.image_size, cfg.image_size)
-    return make_view_batch(views, image_size_hw=size, near=cfg.near, far=cfg.far, index=pair.index)
+    return dataset.views_at(pair.index, list(pair.context), list(pair.target))
 
 
 def co3d_mask(dataset: Any, index: int, position: int, threshold: float) -> Tensor | None:

@@ -207,3 +207,22 @@ def test_frames_match_saved_jpg(rooms_root):
     left = (HW[1] - HW[0]) // 2
     ref = torch.from_numpy(rgb[:, left : left + HW[0]]).permute(2, 0, 1) / 127.5 - 1
     torch.testing.assert_close(b.context.images[0, 0], ref)
+
+
+def test_views_at_chosen_frames_match_the_sampled_item(rooms_root):
+    from dfm_data.sampling import sample_view_indices
+    from dfm_data.seeding import item_rng
+
+    ds = _ds(rooms_root, "txt")
+    item = ds[1]
+    n = len(ds._frames[ds.clips[1]])
+    ctx, tgt, nov = sample_view_indices(n, SAMPLING, item_rng(ds.config.seed, 0, 1))
+    chosen = ds.views_at(1, ctx, tgt, nov)
+    for field in ("context", "target", "novel"):
+        a, b = getattr(item, field), getattr(chosen, field)
+        assert torch.equal(a.images, b.images) and torch.equal(a.c2w, b.c2w)
+        assert torch.equal(a.frame_index, b.frame_index)
+    pair = ds.views_at(1, [0], [n - 1])
+    assert pair.context.frame_index.tolist() == [[0]] and pair.novel.images.shape[1] == 0
+    with pytest.raises(IndexError, match="outside clip"):
+        ds.views_at(1, [0], [n])

@@ -469,10 +469,34 @@ class RealEstate10kDataset(Dataset):
         cfg = self.config
         frames = self._frames[self.clips[index]]
         rng = item_rng(cfg.seed, self.epoch, index)
-        chosen = sample_view_indices(len(frames), cfg.sampling, rng)
-        views = {}
-        for key, idx in zip(("context", "target", "novel"), chosen, strict=True):
-            views[key] = [(*self._view(frames[i]), i) for i in idx]
+        return self.views_at(index, *sample_view_indices(len(frames), cfg.sampling, rng))
+
+    def views_at(
+        self,
+        index: int,
+        context: list[int],
+        target: list[int],
+        novel: list[int] = (),  # type: ignore[assignment]
+    ) -> ViewBatch:
+        """Clip ``index`` at chosen frame positions (evaluation pairs, videos), ``B = 1``.
+
+        Args:
+            index: clip index.
+            context, target, novel: positions in the clip's frame order (``context`` non-empty).
+
+        Raises:
+            IndexError: a position outside the clip.
+        """
+        cfg = self.config
+        name = self.clips[index]
+        frames = self._frames[name]
+        for i in (*context, *target, *novel):
+            if not 0 <= i < len(frames):
+                raise IndexError(f"frame position {i} outside clip {name} ({len(frames)} frames)")
+        views = {
+            key: [(*self._view(frames[i]), i) for i in positions]
+            for key, positions in (("context", context), ("target", target), ("novel", novel))
+        }
         s = cfg.image_size
         return make_view_batch(views, image_size_hw=(s, s), near=cfg.near, far=cfg.far, index=index)
 
