@@ -53,7 +53,7 @@ from dfm_data.images import (
     to_model_image,
 )
 from dfm_data.records import get_field, numbers
-from dfm_data.sampling import FrameSamplingConfig, sample_view_indices
+from dfm_data.sampling import FrameSamplingConfig, check_frame_positions, sample_view_indices
 from dfm_data.seeding import item_rng
 
 __all__ = [
@@ -562,11 +562,7 @@ class CO3DDataset(Dataset):
         cfg = self.config
         _, name = self.sequences[index]
         frames = self.frames[name]
-        for i in (*context, *target, *novel):
-            if not 0 <= i < len(frames):
-                raise IndexError(
-                    f"frame position {i} outside sequence {name} ({len(frames)} frames)"
-                )
+        check_frame_positions((*context, *target, *novel), len(frames), f"sequence {name}")
         scale = self.scales.get(name)
         factor = 1.0 if scale is None or scale <= 0 else cfg.mean_depth_scale / scale
         factor *= scale_factor

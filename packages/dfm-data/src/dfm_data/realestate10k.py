@@ -37,7 +37,7 @@ from dfm_data.errors import (
     SkipCounter,
 )
 from dfm_data.images import decode_rgb_bytes, load_rgb, to_model_image
-from dfm_data.sampling import FrameSamplingConfig, sample_view_indices
+from dfm_data.sampling import FrameSamplingConfig, check_frame_positions, sample_view_indices
 from dfm_data.seeding import item_rng
 
 __all__ = [
@@ -490,9 +490,7 @@ class RealEstate10kDataset(Dataset):
         cfg = self.config
         name = self.clips[index]
         frames = self._frames[name]
-        for i in (*context, *target, *novel):
-            if not 0 <= i < len(frames):
-                raise IndexError(f"frame position {i} outside clip {name} ({len(frames)} frames)")
+        check_frame_positions((*context, *target, *novel), len(frames), f"clip {name}")
         views = {
             key: [(*self._view(frames[i]), i) for i in positions]
             for key, positions in (("context", context), ("target", target), ("novel", novel))

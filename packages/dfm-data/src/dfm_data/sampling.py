@@ -13,6 +13,7 @@ The scheme follows DFM's (reference §1.7) with its rough edges removed:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,3 +81,19 @@ def sample_view_indices(
     extra_tgt = _between(rng, start, end, config.num_target - 1)
     novel = _between(rng, start, end, config.num_novel)
     return [start, *extra_ctx], [end, *extra_tgt], novel
+
+
+def check_frame_positions(positions: Sequence[int], num_frames: int, where: str) -> None:
+    """Refuse a chosen frame position outside ``[0, num_frames)`` (``views_at`` of the loaders).
+
+    Args:
+        positions: positions in a sequence's frame order.
+        num_frames: the sequence's length.
+        where: the sequence, for the message (e.g. ``"clip abc"``).
+
+    Raises:
+        IndexError: naming the first position outside.
+    """
+    for i in positions:
+        if not 0 <= i < num_frames:
+            raise IndexError(f"frame position {i} outside {where} ({num_frames} frames)")
