@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -126,6 +128,43 @@ def test_resuming_with_a_changed_model_names_the_fields(
     status, err = _run(capsys, "train", "projection", "--run-dir", str(run), "--resume")
     assert status == 2
     assert "model.depth (2 -> 3)" in _one_error_line(err)
+
+
+def _rewrite_checkpoint_config(checkpoint_dir: Path, edit) -> None:
+    """Edit a checkpoint's ``config.json`` and re-seal its manifest (as an older version wrote it)."""
+    config_path = checkpoint_dir / "config.json"
+    saved = json.loads(config_path.read_text())
+    edit(saved["run"])
+    config_path.write_text(json.dumps(saved))
+    manifest_path = checkpoint_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["config.json"] = config_path.stat().st_size
+    manifest["sha256"]["config.json"] = hashlib.sha256(config_path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_a_run_from_before_a_schema_field_was_added_still_resumes(
+    capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path
+) -> None:
+    # problem.target_views was added with a default that keeps the old behaviour; a run whose
+    # checkpoints predate it must resume. A missing key whose value now differs from the
+    # default (model.hidden: TINY sets 16) is still a different model and is refused.
+    run = _copy(tiny_run, tmp_path)
+    newest = list_checkpoints(run / "checkpoints")[-1][1]
+    _rewrite_checkpoint_config(newest, lambda run: run["problem"].pop("target_views"))
+    status, err = _run(
+        capsys, "train", "projection", "--run-dir", str(run), "--resume", "trainer.max_steps=6"
+    )
+    assert status == 0, err
+    assert list_checkpoints(run / "checkpoints")[-1][0] == 6
+
+    newest = list_checkpoints(run / "checkpoints")[-1][1]
+    _rewrite_checkpoint_config(newest, lambda run: run["model"].pop("hidden"))
+    status, err = _run(
+        capsys, "train", "projection", "--run-dir", str(run), "--resume", "trainer.max_steps=8"
+    )
+    assert status == 2
+    assert re.search(r"model\.hidden \(\d+ -> 16\)", _one_error_line(err))
 
 
 # ----------------------------------------------------------------------------- OS faults

@@ -60,6 +60,22 @@ def checkpoint_step(run_dir: Path) -> int | None:
     return found[-1][0] if found else None
 
 
+def _with_schema_defaults(saved: Any) -> Any:
+    """A checkpoint's config with the keys its schema gained since, at their defaults.
+
+    A field added to a schema keeps the old behaviour at its default (that is how fields
+    are added here), so a run written before it resumes and samples as before. A config
+    the schema no longer reads (a removed or renamed key) is compared as saved, and the
+    difference is reported.
+    """
+    if not isinstance(saved, Mapping):
+        return saved
+    try:
+        return to_container(config_from_container(saved, where="checkpoint config"))
+    except ConfigError:
+        return saved
+
+
 def check_checkpoint_config(run_dir: Path, config: Mapping[str, Any] | DictConfig) -> None:
     """Refuse a run whose newest checkpoint was trained with other weight-defining settings.
 
@@ -72,7 +88,7 @@ def check_checkpoint_config(run_dir: Path, config: Mapping[str, Any] | DictConfi
     """
     if checkpoint_step(run_dir) is None:
         return
-    saved = read_checkpoint_config(run_dir).get("run")
+    saved = _with_schema_defaults(read_checkpoint_config(run_dir).get("run"))
     current = to_container(config) if isinstance(config, DictConfig) else dict(config)
     frozen = application(str(current.get("app", "projection"))).FROZEN
     changed = config_differences(saved, current, frozen)
