@@ -142,6 +142,12 @@ def test_image_grid_layout_and_captions() -> None:
     assert plain.shape == (2 + 6 + 2, 2 + 2 * (5 + 2), 3)
     with pytest.raises(ValueError, match="one entry per image"):
         image_grid(tiles, captions=["a"])
+    enlarged = image_grid(tiles[:2], scale=3, pad=1)
+    assert enlarged.shape == (1 + 18 + 1, 1 + 2 * (15 + 1), 3)
+    np.testing.assert_array_equal(enlarged[1:19:3, 1:16:3], tiles[0])  # nearest neighbour
+    assert (enlarged[1:19, 17:32] == tiles[1, 0, 0]).all()
+    with pytest.raises(ValueError, match="scale must be >= 1"):
+        image_grid(tiles, scale=0)
 
 
 def test_render_frames_follows_the_trajectory(capsys: pytest.CaptureFixture[str]) -> None:

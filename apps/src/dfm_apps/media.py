@@ -225,6 +225,7 @@ def image_grid(
     pad: int = 2,
     pad_value: int = 255,
     caption_height: int = 14,
+    scale: int = 1,
 ) -> np.ndarray:
     """Tiles images into one picture, optionally with a caption strip under each tile.
 
@@ -236,10 +237,14 @@ def image_grid(
         pad: pixels between tiles and around the grid.
         pad_value: grey level of the padding and caption strips.
         caption_height: height of each caption strip in pixels.
+        scale: nearest-neighbour upscaling of every tile (``H, W`` below are the scaled
+            sizes), so 32-pixel renders stay visible next to their captions.
 
     Returns:
         ``(rows · (H + caption + pad) + pad, cols · (W + pad) + pad, 3)`` uint8.
     """
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
     stacked: np.ndarray | Tensor
     if isinstance(images, (np.ndarray, Tensor)):
         stacked = images
@@ -253,6 +258,8 @@ def image_grid(
             [im.detach().cpu().numpy() if isinstance(im, Tensor) else im for im in images]
         )
     tiles = to_uint8_frames(stacked)
+    if scale > 1:
+        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, _ = tiles.shape
     if captions is not None and len(captions) != n:
         raise ValueError(f"captions must have one entry per image ({n}), got {len(captions)}")

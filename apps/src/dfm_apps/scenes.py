@@ -947,6 +947,7 @@ def evaluate(
             for _ in pictures
             for c in ["input", "true back", "baseline", *[f"sample {j}" for j in range(k)]]
         ],
+        scale=max(1, 64 // size),  # captions are ~60 pixels wide
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     from PIL import Image
@@ -971,7 +972,7 @@ def evaluate(
         summary=(
             f"DFM ({trained.dfm_step} steps) and the pixelNeRF baseline ({trained.baseline_step} "
             f"steps), given only the front view of {count} held-out objects (world seed "
-            f"{ev.world_seed}); {k} samples each, DDIM {ev.steps} steps."
+            f"{ev.world_seed}); {k} samples each, sampler {ev.sampler}, {ev.steps} steps."
         ),
         tables=[_score_table(scores)],
         images={"input, true back, baseline back, sampled backs": out_dir / "backs.png"},
