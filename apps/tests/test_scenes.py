@@ -141,6 +141,20 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert main([*argv, "model.image_size=8"]) == 2
     err = capsys.readouterr().err
     assert "model.image_size" in err and "model.renderer.field_dtype" in err
+    # A held-out evaluation split over two processes pools to the unsplit one.
+    split = [*fast, "evaluation.num_scenes=3", "evaluation.videos=false", "evaluation.export=false"]
+    outputs = []
+    for shard in ("", "0", "1"):
+        out = tmp_path / f"shard{shard}"
+        extra = ["evaluation.num_shards=2", f"evaluation.shard={shard}"] if shard else []
+        assert main(["sample", str(run), "--out", str(out), *split, *extra]) == 0
+        outputs.append(json.loads((out / "scores.json").read_text()))
+    whole, *shards = outputs
+    assert [s["num_objects"] for s in outputs] == [3.0, 2.0, 1.0]
+    pooled = scenes.pool_scores(shards)
+    assert pooled.keys() == whole.keys()
+    for key, value in whole.items():
+        assert pooled[key] == pytest.approx(value, rel=1e-6, nan_ok=True), key  # float32 scores
 
 
 def test_exact_depths_match_the_worlds_depth_files(world):

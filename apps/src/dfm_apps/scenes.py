@@ -100,6 +100,7 @@ __all__ = [
     "default_protocol",
     "evaluate",
     "load_models",
+    "pool_scores",
     "run_protocol",
     "scene_batch_from_views",
     "train",
@@ -220,6 +221,11 @@ class SceneEvaluationConfig:
     """Export the first object's first sample as a point cloud and a mesh (.ply, .obj)."""
     seed: int = 1234
     """Seed of the sampler noise."""
+    num_shards: int = 1
+    """Split the held-out objects over this many processes (a large evaluation on CPU)."""
+    shard: int = 0
+    """This process scores objects ``shard, shard + num_shards, ...`` of the ``num_scenes``
+    (same world, same per-object seeds: ``pool_scores`` of all shards is the unsplit result)."""
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     """Fixed-pair evaluation protocols (``dfm eval --protocol``; ``evaluate`` of the
     real-data presets): pairs, metrics and the LPIPS/FID weight files
@@ -232,6 +238,11 @@ class SceneEvaluationConfig:
         if self.sampler not in SAMPLERS:
             raise ValueError(
                 f"evaluation.sampler: expected one of {sorted(SAMPLERS)}, got {self.sampler!r}"
+            )
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(
+                f"evaluation.shard: expected 0 <= shard < num_shards = {self.num_shards}, "
+                f"got {self.shard}"
             )
         if self.reconstruction_weight < 0 or self.autoregressive_views < 0:
             raise ValueError(
@@ -851,8 +862,9 @@ def evaluate(
     }  # fmt: skip
     files: dict[str, Path] = {}
     pictures: list[tuple[str, np.ndarray]] = []
-    count = min(ev.num_scenes, len(views))
-    for index in media.progress(range(count), desc="held-out objects"):
+    indices = range(ev.shard, min(ev.num_scenes, len(views)), ev.num_shards)
+    count = len(indices)
+    for index in media.progress(indices, desc="held-out objects"):
         name = views.sequences[index][1]
         item = views.views_at(index, [0], [back], visible + list(range(frames)))
         absolute = config.model.encoder.absolute_pose
@@ -983,6 +995,31 @@ def evaluate(
     (out_dir / "report.html").write_text(html)
     files["report"] = out_dir / "report.html"
     return Evaluation(scores=scores, files=files)
+
+
+def pool_scores(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``scores.json`` of an evaluation split over processes (``evaluation.num_shards``).
+
+    Each object adds the same number of values to every mean, so a mean over all objects is
+    the shards' means weighted by their object counts; the palette counts add up and the
+    chi-squared test is rerun on the sum. Equals the unsplit evaluation up to rounding.
+    """
+    if not shards:
+        raise ValueError("pool_scores: no shards")
+    weights = np.array([shard["num_objects"] for shard in shards], dtype=np.float64)
+    pooled: dict[str, Any] = {}
+    for key in shards[0]:
+        if key in ("palette_counts", "palette_chi2", "palette_p", "num_samples"):
+            continue
+        values = np.array([shard[key] for shard in shards], dtype=np.float64)
+        pooled[key] = float(
+            values.sum() if key == "num_objects" else values @ weights / weights.sum()
+        )
+    counts = np.sum([shard["palette_counts"] for shard in shards], axis=0)
+    pooled["palette_chi2"], pooled["palette_p"] = _chi_squared_uniform(counts)
+    pooled["num_samples"] = shards[0]["num_samples"]
+    pooled["palette_counts"] = counts.tolist()
+    return pooled
 
 
 def export_scene(
