@@ -19,45 +19,20 @@ DFM_SCENES_OBJECTS sets the number of held-out objects (default 64, as the issue
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
-from dfm_apps import scenes
-from dfm_apps.config import load_preset, validate
-from dfm_apps.scene_demo import load_demo_models
+from dfm_apps.scene_demo import evaluate_heldout
 
 
 def _evaluate(tmp_path: Path) -> dict:
-    diffusion, baseline, model_config, metadata = load_demo_models()
-    config = validate(load_preset("objects-demo", [f"data.root={tmp_path / 'world'}"]))
-    config = dataclasses.replace(
-        config,
-        model=model_config,
-        num_threads=1,
-        evaluation=dataclasses.replace(
-            config.evaluation,
-            num_scenes=int(os.environ.get("DFM_SCENES_OBJECTS", "64")),
-            num_samples=16,
-            sampler="dpmpp_2m",
-            steps=15,
-            videos=False,
-            export=False,
-            autoregressive_views=0,
-        ),
-    )
-    trained = scenes.Trained(
-        diffusion=diffusion,
-        baseline=baseline,
-        dfm_step=int(metadata.get("steps", 0)),
-        baseline_step=int(metadata.get("baseline_steps", 0)),
-        resumed_from=None,
-    )
-    evaluation = scenes.evaluate(config, trained, tmp_path / "eval")
-    scores = evaluation.scores_dict()
+    torch.set_num_threads(1)
+    objects = int(os.environ.get("DFM_SCENES_OBJECTS", "64"))
+    scores = evaluate_heldout(tmp_path / "world", tmp_path / "eval", num_objects=objects)
     print("\n" + json.dumps(scores, indent=2))
     return scores
 

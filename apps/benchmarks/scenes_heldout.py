@@ -1,0 +1,86 @@
+"""Issue 8 §4 on many held-out objects, split over processes (the slow test's evaluation).
+
+``dfm_apps.scene_demo.evaluate_heldout`` on the shipped objects-demo weights: front view only,
+K = 16 samples per object, DPM-Solver++(2M) 15 steps, world seed 1000. One object costs about
+95 s on one CPU thread, so 64 objects run as shards, one process and one thread each, and
+``--pool`` merges their ``scores.json`` (``scenes.pool_scores``: the unsplit result):
+
+    for i in 0 1; do
+      uv run python apps/benchmarks/scenes_heldout.py --objects 64 --shard $i/2 --out OUT/$i &
+    done; wait
+    uv run python apps/benchmarks/scenes_heldout.py --pool OUT/0 OUT/1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from dfm_apps import scenes
+from dfm_apps.scene_demo import evaluate_heldout
+
+ROWS = (
+    ("visible PSNR (dB)", "dfm_visible_psnr", "baseline_visible_psnr", "{:.2f}"),
+    ("visible SSIM", "dfm_visible_ssim", "baseline_visible_ssim", "{:.3f}"),
+    ("visible depth error", "dfm_visible_depth_error", "baseline_visible_depth_error", "{:.3f}"),
+    ("backs that are a palette colour", "real_colour", "baseline_real_colour", "{:.3f}"),
+    ("distinct colours among K", "distinct", None, "{:.2f}"),
+    ("chi-squared p (pooled counts)", "palette_p", None, "{:.3g}"),
+)
+
+
+def table(scores: dict) -> str:
+    """The scores as the Markdown table of docs/benchmarks.md."""
+    lines = ["| | DFM | baseline |", "|---|---:|---:|"]
+    for label, dfm, base, fmt in ROWS:
+        value = fmt.format(scores[dfm]) if scores[dfm] == scores[dfm] else "n/a"
+        lines.append(f"| {label} | {value} | {fmt.format(scores[base]) if base else '-'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--objects", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--shard", default="0/1", help="i/n: this process's share of objects")
+    parser.add_argument("--out", type=Path, help="output folder of this shard")
+    parser.add_argument("--world", type=Path, default=Path("data/objects-world"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pool", type=Path, nargs="+", help="shard folders to merge instead")
+    args = parser.parse_args()
+    if args.pool:
+        shards = [json.loads((folder / "scores.json").read_text()) for folder in args.pool]
+        scores = scenes.pool_scores(shards)
+        print(json.dumps(scores, indent=1))
+        print(f"\n{int(scores['num_objects'])} objects, K = {int(scores['num_samples'])}")
+        print(table(scores))
+        return
+    if args.out is None:
+        parser.error("--out is required unless --pool is given")
+    shard, num_shards = (int(part) for part in args.shard.split("/"))
+    # Shard 0 writes the held-out world; the others wait for it as torchrun ranks would
+    # (scenes.ensure_world), instead of writing the same files at once.
+    os.environ["RANK"] = str(shard)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    scores = evaluate_heldout(
+        args.world,
+        args.out,
+        num_objects=args.objects,
+        num_samples=args.samples,
+        steps=args.steps,
+        shard=shard,
+        num_shards=num_shards,
+    )
+    print(json.dumps(scores, indent=1))
+    print(f"{time.perf_counter() - start:.0f} s for {int(scores['num_objects'])} objects")
+
+
+if __name__ == "__main__":
+    main()
