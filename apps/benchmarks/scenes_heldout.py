@@ -3,7 +3,7 @@
 ``dfm_apps.scene_demo.evaluate_heldout`` on the shipped objects-demo weights: front view only,
 K = 16 samples per object, DPM-Solver++(2M) 15 steps, world seed 1000. One object costs about
 95 s on one CPU thread, so 64 objects run as shards, one process and one thread each, and
-``--pool`` merges their ``scores.json`` (``scenes.pool_scores``: the unsplit result):
+``--pool`` merges their ``scores.json`` (``scene_heldout.pool_scores``: the unsplit result):
 
     for i in 0 1; do
       uv run python apps/benchmarks/scenes_heldout.py --objects 64 --shard $i/2 --out OUT/$i &
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dfm_apps import scenes
+from dfm_apps import scene_heldout
 from dfm_apps.scene_demo import evaluate_heldout
 
 ROWS = (
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.pool:
         shards = [json.loads((folder / "scores.json").read_text()) for folder in args.pool]
-        scores = scenes.pool_scores(shards)
+        scores = scene_heldout.pool_scores(shards)
         print(json.dumps(scores, indent=1))
         print(f"\n{int(scores['num_objects'])} objects, K = {int(scores['num_samples'])}")
         print(table(scores))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dfm_apps import scene_protocols, scenes
+from dfm_apps import scene_heldout, scene_protocols, scenes
 from dfm_apps.cli import main
 from dfm_apps.image_metrics import FID_WEIGHTS_URL, LPIPSMetric, MissingWeightsError
 from dfm_apps.scene_protocols import EvalPair, ProtocolConfig, score_images, seeded_pairs
@@ -245,11 +245,11 @@ def test_room_candidates_recognise_the_true_back_wall(rooms):
             )
             assert hidden.sum() >= 16
             frame = (item.target.images[:, 0] + 1) / 2
-            nearest, real, _ = scenes.classify_backs(frame, candidates, hidden, margin)
+            nearest, real, _ = scene_heldout.classify_backs(frame, candidates, hidden, margin)
             assert nearest.item() == truth["clips"][clip]["hidden_index"] and real.item()
             other = (nearest.item() + 1) % len(candidates)
             blend = (candidates[nearest.item()] + candidates[other])[None] / 2
-            assert not scenes.classify_backs(blend, candidates, hidden, margin)[1].item()
+            assert not scene_heldout.classify_backs(blend, candidates, hidden, margin)[1].item()
             # The first camera never sees the wall behind it (that is the ambiguity).
             item0 = scene_protocols._views_at(dataset, EvalPair(index, clip, (0,), (0,)))
             _, hidden0 = scene_protocols.room_palette_candidates(dataset, truth, index, item0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfm_apps import scenes
+from dfm_apps import scene_heldout, scenes
 from dfm_apps.cli import main
 
 TINY = [
@@ -71,21 +71,21 @@ def test_the_hidden_side_oracle_recognises_the_true_back_colour(world):
     for index in range(len(views)):
         name = views.sequences[index][1]
         item = views.views_at(index, [0], [back])
-        candidates, hidden = scenes.palette_candidates(views, truth, index, item)
+        candidates, hidden = scene_heldout.palette_candidates(views, truth, index, item)
         assert hidden.sum() > 10  # the back view shows the hidden half
         image = (item.target.images[:, 0] + 1) / 2
         true_index = truth["sequences"][name]["hidden_index"]
         margin = config.evaluation.palette_margin
-        nearest, real, _ = scenes.classify_backs(image, candidates, hidden, margin)
+        nearest, real, _ = scene_heldout.classify_backs(image, candidates, hidden, margin)
         assert nearest.item() == true_index and real.item()
         # An even blend of the true colour and another is close to both, and counts as neither.
         other = (true_index + 1) % len(candidates)
         blend = (candidates[true_index] + candidates[other])[None] / 2
-        _, blend_real, _ = scenes.classify_backs(blend, candidates, hidden, margin)
+        _, blend_real, _ = scene_heldout.classify_backs(blend, candidates, hidden, margin)
         assert not blend_real.item()
     # The front view shows no hidden pixel (that is the ambiguity).
     item = views.views_at(0, [0], [0])
-    _, hidden = scenes.palette_candidates(views, truth, 0, item)
+    _, hidden = scene_heldout.palette_candidates(views, truth, 0, item)
     assert hidden.sum() == 0
 
 
@@ -151,7 +151,7 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
         outputs.append(json.loads((out / "scores.json").read_text()))
     whole, *shards = outputs
     assert [s["num_objects"] for s in outputs] == [3.0, 2.0, 1.0]
-    pooled = scenes.pool_scores(shards)
+    pooled = scene_heldout.pool_scores(shards)
     assert pooled.keys() == whole.keys()
     for key, value in whole.items():
         assert pooled[key] == pytest.approx(value, rel=1e-6, nan_ok=True), key  # float32 scores
@@ -171,7 +171,7 @@ def test_exact_depths_match_the_worlds_depth_files(world):
     index, frames = 1, [0, 3]
     name = views.sequences[index][1]
     item = views.views_at(index, [0], frames)
-    exact = scenes.exact_depths(views, truth, index, item.target.c2w[0], item)
+    exact = scene_heldout.exact_depths(views, truth, index, item.target.c2w[0], item)
     scale = views.config.mean_depth_scale / (views.scales.get(name) or 1.0)
     for k, frame in enumerate(frames):
         path = (
@@ -193,8 +193,8 @@ def test_depth_error_is_the_mean_relative_error_on_the_object():
     opacity = torch.tensor([[[0.0, 0.5], [1.0, 1.0]]])
     depth = torch.tensor([[[0.0, 1.1], [3.0, 7.0]]])  # given a hit: 2.2 and 3.0 on the object
     expected = (abs(2.2 - 2.0) / 2.0 + abs(3.0 - 4.0) / 4.0) / 2
-    assert scenes.depth_error(depth, opacity, exact) == pytest.approx(expected)
-    assert scenes.depth_error(exact * 1.0, torch.ones_like(exact), exact) == 0.0
+    assert scene_heldout.depth_error(depth, opacity, exact) == pytest.approx(expected)
+    assert scene_heldout.depth_error(exact * 1.0, torch.ones_like(exact), exact) == 0.0
 
 
 def test_only_rank_zero_writes_the_objects_world(

@@ -14,9 +14,9 @@ loader at the model's 32^2, as in training) and, given only each object's front 
   save time);
 * **hidden side**: the view from behind (180 degrees) of each sample, classified by the nearest
   palette colour against the exact render of the true object repainted with each palette
-  colour (``scenes.classify_backs``: a "real colour" is close to one colour, not a blend), the
-  number of distinct colours among the K samples, and their spread (mean pairwise RMS
-  difference over the hidden pixels; 0 for a deterministic model);
+  colour (``scene_heldout.classify_backs``: a "real colour" is close to one colour, not a
+  blend), the number of distinct colours among the K samples, and their spread (mean
+  pairwise RMS difference over the hidden pixels; 0 for a deterministic model);
 * a picture (per object: input view, true back, baseline back, the K sampled backs), turntable
   and colour-mapped depth videos of the first object's samples beside the baseline (mp4 + gif),
   the progressive-sampling animation (the x0 estimate over the denoising steps), and a point
@@ -106,8 +106,8 @@ def evaluate_heldout(
 
     ``scenes.evaluate`` on the objects world of seed ``WORLD_SEED`` (``data_root`` names where
     it is written), every sampled view scored, DPM-Solver++(2M) at ``steps``, no videos or
-    exports. ``shard``/``num_shards`` split the objects over processes; ``scenes.pool_scores``
-    of all shards' results is the unsplit result.
+    exports. ``shard``/``num_shards`` split the objects over processes;
+    ``scene_heldout.pool_scores`` of all shards' results is the unsplit result.
 
     Returns:
         The scores (``scores.json``, also written under ``out_dir``).
@@ -236,7 +236,7 @@ def run_demo(
         MissingWeights: the shipped weights are absent (the message says how to make them).
         ValueError: a bad option (named).
     """
-    from dfm_apps import media, scenes
+    from dfm_apps import media, scene_heldout, scenes
     from dfm_apps.image_metrics import psnr, ssim
     from dfm_core.sampling import SAMPLERS
     from dfm_core.tree import tree_index
@@ -326,13 +326,13 @@ def run_demo(
         stats["base_psnr"].append(float(psnr(pred, truth_vis).mean()))
         stats["base_ssim"].append(float(ssim(pred, truth_vis).mean()))
         # Hidden side: the back view of every sample and of the baseline.
-        candidates, hidden = scenes.palette_candidates(views, truth, index, item)
+        candidates, hidden = scene_heldout.palette_candidates(views, truth, index, item)
         backs = out.observation[index * k : (index + 1) * k]  # (K, 3, H, W) in [-1, 1]
-        nearest, real, _ = scenes.classify_backs(
+        nearest, real, _ = scene_heldout.classify_backs(
             (backs.clamp(-1, 1) + 1) / 2, candidates, hidden, margin
         )
         base_back = scenes.render_at(renderer, base_scene, target).observation
-        base_nearest, base_real, _ = scenes.classify_backs(
+        base_nearest, base_real, _ = scene_heldout.classify_backs(
             (base_back.clamp(-1, 1) + 1) / 2, candidates, hidden, margin
         )
         true_index = int(truth["sequences"][name]["hidden_index"])
@@ -484,7 +484,7 @@ def _export(
 ) -> dict[str, Path]:
     """Sample 0 as a point cloud fused from its renders and a marching-cubes mesh.
 
-    ``scenes.export_scene`` does the same from fresh renders of a whole orbit on a 64^3 grid;
+    ``scene_heldout.export_scene`` does the same from fresh renders of a whole orbit on a 64^3 grid;
     here the views already rendered for the videos are reused and the grid is 48^3 (the demo's
     time budget).
 

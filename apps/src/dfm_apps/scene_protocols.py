@@ -675,14 +675,13 @@ def run_protocol(
     """
     from dfm_apps import media
     from dfm_apps.image_metrics import LPIPSMetric, mode_coverage
+    from dfm_apps.scene_heldout import classify_backs, palette_candidates
     from dfm_apps.scenes import (
         Evaluation,
         _set_threads,
         _views_dataset,
         camera_like,
         check_data_root,
-        classify_backs,
-        palette_candidates,
         render_at,
         sample_scenes,
         scene_batch_from_views,

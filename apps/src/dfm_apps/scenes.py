@@ -25,29 +25,17 @@ or ``data.format: re10k``, the ``re10k`` preset) is scored by fixed context/targ
 ``PROTOCOLS`` and ``run_protocol`` (``dfm eval RUN_DIR --protocol NAME``), implemented in
 ``dfm_apps.scene_protocols``, which also states which published protocol each figure follows.
 
-Scoring on the objects world (its ground truth says what the hidden back of each object is,
-and the world renders it exactly): given only the front view (frame 0),
-
-* **visible side**: PSNR/SSIM of the renders at the frames within +-30 degrees of the front
-  against the true frames, DFM (every sample) and baseline;
-* **hidden side**: the view from behind (frame N/2) of each sample, compared with the exact
-  render of the true scene repainted with each palette colour in turn (so shading is the
-  truth's); a sample's back "is" the nearest palette colour when its RMS distance over the
-  hidden pixels is below ``evaluation.palette_tolerance`` (a real colour, not a blend).
-  Reported: the fraction of such samples, the mean number of distinct colours among the K
-  samples of an object, and a chi-squared test of the pooled counts against uniform.
+Scoring on the objects world (the hidden back of each object is known and rendered exactly):
+``dfm_apps.scene_heldout``, which states the visible-side and hidden-side scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -77,7 +65,6 @@ from dfm_render import (
     PixelNeRFBaseline,
     SceneModelConfig,
     VolumeRenderer,
-    estimate_look_at_point,
     load_baseline_into,
     make_scene_batch,
     scene_config,
@@ -100,7 +87,6 @@ __all__ = [
     "default_protocol",
     "evaluate",
     "load_models",
-    "pool_scores",
     "run_protocol",
     "scene_batch_from_views",
     "train",
@@ -671,22 +657,6 @@ def camera_like(template: Camera, c2w: torch.Tensor, intrinsics: torch.Tensor) -
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _chi_squared_uniform(counts: np.ndarray) -> tuple[float, float]:
-    """Pearson's chi-squared statistic of counts against uniform, and its p-value."""
-    from scipy.stats import chisquare
-
-    if counts.sum() == 0:
-        return float("nan"), float("nan")
-    result = chisquare(counts)
-    return float(result.statistic), float(result.pvalue)
-
-
 @dataclass
 class Evaluation:
     """Scores and files of one evaluation."""
@@ -696,120 +666,6 @@ class Evaluation:
 
     def scores_dict(self) -> dict[str, float]:
         return dict(self.scores)
-
-
-def palette_candidates(views: Any, truth: dict, index: int, item: Any) -> tuple:
-    """The exact target view of object ``index`` painted with each palette colour in turn.
-
-    The hidden back of an object of the objects world is one palette colour; rendering the
-    true scene with each colour gives what every hypothesis looks like under the true shading.
-
-    Args:
-        views: the ``CO3DDataset`` over the objects world.
-        truth: its ``synthetic_ground_truth.json``.
-        index: sequence index.
-        item: ``views.views_at(index, ...)``; its target view 0 is rendered.
-
-    Returns:
-        candidates (P, 3, H, W) in [0, 1] at the model's image size, and hidden (H, W) bool:
-        the pixels that show the hidden back (more than 90 % of their area).
-    """
-    from dfm_data.worlds.objects import ObjectScene, render_object_scene
-    from dfm_data.worlds.raycast import box_downsample
-
-    name = views.sequences[index][1]
-    record = truth["sequences"][name]
-    # The loader's poses are scaled so the object sits mean_depth_scale away; undo it.
-    c2w = (item.world_from_context[0] @ item.target.c2w[0, 0]).double().numpy()
-    c2w[:3, 3] *= (views.scales.get(name) or 1.0) / views.config.mean_depth_scale
-    scene = ObjectScene.from_json(record["scene"])
-    h, w = record["image_size_hw"]
-    factor = h // views.config.image_size
-    renders, hidden = [], None
-    for colour in truth["palette"]:
-        painted = dataclasses.replace(scene, hidden_colour=tuple(colour))
-        out = render_object_scene(painted, c2w, np.asarray(record["intrinsics_px"]), h, w, 2)
-        renders.append(box_downsample(out["rgb"], factor))
-        hidden = box_downsample(out["hidden"], factor)
-    candidates = torch.from_numpy(np.stack(renders)).permute(0, 3, 1, 2).float()
-    return candidates, torch.from_numpy(hidden > 0.9)
-
-
-def exact_depths(views: Any, truth: dict, index: int, c2w: torch.Tensor, item: Any) -> torch.Tensor:
-    """Exact z-depth of object ``index`` at cameras ``c2w``, in the loader's scaled units.
-
-    Rendered by the world's own ray caster at the model's image size (intrinsics scaled with
-    the image: pixel (i, j) covers [j, j+1] x [i, i+1] at both sizes), so each pixel's depth is
-    that of the ray through its centre, as the volume renderer's rays are.
-
-    Args:
-        views: the ``CO3DDataset`` over the objects world.
-        truth: its ``synthetic_ground_truth.json``.
-        index: sequence index.
-        c2w: (V, 4, 4) the loader's (scaled, context-relative) camera-to-world matrices.
-        item: ``views.views_at(index, ...)`` (for ``world_from_context``).
-
-    Returns:
-        (V, H, W) depths, 0 where the ray misses the object.
-    """
-    from dfm_data.worlds.objects import ObjectScene, render_object_scene
-
-    name = views.sequences[index][1]
-    record = truth["sequences"][name]
-    to_world = (views.scales.get(name) or 1.0) / views.config.mean_depth_scale
-    scene = ObjectScene.from_json(record["scene"])
-    h, w = record["image_size_hw"]
-    size = views.config.image_size
-    intrinsics = np.asarray(record["intrinsics_px"], dtype=np.float64).copy()
-    intrinsics[0] *= size / w
-    intrinsics[1] *= size / h
-    depths = []
-    for camera in c2w:
-        pose = (item.world_from_context[0] @ camera).double().numpy()
-        pose[:3, 3] *= to_world
-        out = render_object_scene(scene, pose, intrinsics, size, size, 1)
-        depths.append(out["depth"] / to_world)
-    return torch.from_numpy(np.stack(depths)).float()
-
-
-def depth_error(depth: torch.Tensor, opacity: torch.Tensor, exact: torch.Tensor) -> float:
-    """Mean relative depth error over the object's pixels: mean |d - d*| / d*.
-
-    Args:
-        depth: (..., V, H, W) rendered depth (the renderer's expected depth, unnormalised).
-        opacity: (..., V, H, W) rendered opacity, to turn expected depth into depth given a hit.
-        exact: (V, H, W) exact depth, 0 off the object.
-    """
-    hit = exact > 0
-    given_hit = depth / opacity.clamp_min(1e-6)
-    relative = (given_hit - exact).abs() / exact.clamp_min(1e-6)
-    return float(relative[..., hit].mean())
-
-
-def palette_distances(
-    images: torch.Tensor, candidates: torch.Tensor, hidden: torch.Tensor
-) -> torch.Tensor:
-    """RMS distance over the hidden pixels of each image (N, 3, H, W) in [0, 1] to each
-    candidate (P, 3, H, W): (N, P)."""
-    diff = (images[:, None] - candidates[None]) ** 2  # (N, P, 3, H, W)
-    return diff[..., hidden].mean(dim=(2, 3)).sqrt()
-
-
-def classify_backs(
-    images: torch.Tensor, candidates: torch.Tensor, hidden: torch.Tensor, margin: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which palette colour each back shows, if any (see ``palette_margin``).
-
-    Returns:
-        nearest (N,) candidate index, real (N,) bool (close enough to count), and the
-        distance (N,) to the nearest candidate.
-    """
-    distances = palette_distances(images, candidates, hidden)  # (N, P)
-    best, nearest = distances.min(dim=1)
-    between = palette_distances(candidates, candidates, hidden)  # (P, P)
-    between.fill_diagonal_(float("inf"))
-    separation = between.min(dim=1).values[nearest]  # (N,)
-    return nearest, best <= margin * separation, best
 
 
 def evaluate(
@@ -823,293 +679,15 @@ def evaluate(
     """Sample and score; write pictures, videos, scores.json and report.html.
 
     The objects world synthesized by the run is scored on a held-out world (visible side,
-    palette of the hidden back: the module docstring). Real data (and any data the run did not
-    synthesize) is scored by the fixed-pair protocol of its format
+    palette of the hidden back: ``dfm_apps.scene_heldout``). Real data (and any data the run
+    did not synthesize) is scored by the fixed-pair protocol of its format
     (``dfm_apps.scene_protocols``), which also writes metrics.json and metrics.md.
     """
     if uses_protocol(config):
         return evaluate_protocol(config, trained, out_dir, run_dir=run_dir, config_yaml=config_yaml)
-    from dfm_apps import media, report
-    from dfm_apps.image_metrics import psnr, ssim
+    from dfm_apps.scene_heldout import evaluate_world
 
-    _set_threads(config)
-    ev = config.evaluation
-    out_dir = Path(out_dir)
-    # Objects of the world's "train" split are used (3/5 of them: size the world to fit).
-    world = dataclasses.replace(config.data.world, n_sequences=math.ceil(ev.num_scenes / 0.6) + 2)
-    root = Path(config.data.root).with_name(
-        f"{Path(config.data.root).name}-heldout-seed{ev.world_seed}-{world.n_sequences}x"
-        f"{world.n_frames}-{world.size}px"
-    )
-    ensure_world(root, world, seed=ev.world_seed, categories=config.data.categories[:1])
-    views = _views_dataset(config, root, "train", 0)
-    truth = json.loads(
-        (root / config.data.categories[0] / "synthetic_ground_truth.json").read_text()
-    )
-    frames = config.data.world.n_frames
-    visible = [f for f in range(1, frames) if min(f, frames - f) * 360.0 / frames <= 30.0]
-    back = frames // 2
-    diffusion, baseline = trained.diffusion.eval(), trained.baseline.eval()
-    renderer = VolumeRenderer(config.model.renderer).eval()
-    k = ev.num_samples
-    size = config.model.image_size
-    palette_counts = np.zeros(len(truth["palette"]), dtype=np.int64)
-    stats: dict[str, list[float]] = {
-        "dfm_visible_psnr": [], "dfm_visible_ssim": [], "baseline_visible_psnr": [],
-        "baseline_visible_ssim": [], "real_colour": [], "distinct": [], "baseline_real_colour": [],
-        "dfm_back_rmse_best": [], "dfm_visible_depth_error": [],
-        "baseline_visible_depth_error": [],
-    }  # fmt: skip
-    files: dict[str, Path] = {}
-    pictures: list[tuple[str, np.ndarray]] = []
-    indices = range(ev.shard, min(ev.num_scenes, len(views)), ev.num_shards)
-    count = len(indices)
-    for index in media.progress(indices, desc="held-out objects"):
-        name = views.sequences[index][1]
-        item = views.views_at(index, [0], [back], visible + list(range(frames)))
-        absolute = config.model.encoder.absolute_pose
-        batch = scene_batch_from_views(item, patch_size=None, absolute_pose=absolute)
-        seeds = [ev.seed * 1000 + index * k + j for j in range(k)]
-        recorder = media.ProgressiveRecorder(max_items=k, desc=f"sampling {name}")
-        out = sample_scenes(
-            diffusion, batch, num_samples=k, seeds=seeds, steps=ev.steps,
-            guidance_scale=ev.guidance_scale, temperature=ev.temperature,
-            reconstruction_weight=ev.reconstruction_weight, sampler=ev.sampler, callback=recorder,
-        )  # fmt: skip
-        scene_k = out.signal
-        if index == 0:  # the x0 estimate over the denoising steps, every sample side by side
-            path = out_dir / "scenes" / name / "progressive.gif"
-            media.write_video(path, recorder.frames(), fps=8)
-            files[f"{name} progressive.gif"] = path
-        if index == 0 and ev.export:
-            files |= export_scene(renderer, scene_k, batch, item, out_dir / "scenes" / name, config)
-        if index == 0 and ev.autoregressive_views:
-            files |= autoregressive_video(diffusion, renderer, batch, item, out_dir, config)
-        with torch.no_grad():
-            base_scene = baseline.scene(batch.context)
-        novel = item.novel
-        n_visible = len(visible)
-        vis_c2w, vis_k = novel.c2w[:, :n_visible], novel.intrinsics[:, :n_visible]
-        truth_visible = (novel.images[0, :n_visible] + 1) / 2
-        dfm_vis = render_at(
-            renderer,
-            scene_k,
-            camera_like(
-                batch.target_params, vis_c2w.expand(k, -1, -1, -1), vis_k.expand(k, -1, -1, -1)
-            ),
-        )
-        base_vis = render_at(renderer, base_scene, camera_like(batch.target_params, vis_c2w, vis_k))
-        for j in range(k):
-            pred = (dfm_vis.observation[j] + 1) / 2
-            stats["dfm_visible_psnr"].append(float(psnr(pred, truth_visible).mean()))
-            stats["dfm_visible_ssim"].append(float(ssim(pred, truth_visible).mean()))
-        pred = (base_vis.observation[0] + 1) / 2
-        stats["baseline_visible_psnr"].append(float(psnr(pred, truth_visible).mean()))
-        stats["baseline_visible_ssim"].append(float(ssim(pred, truth_visible).mean()))
-        # 3D consistency: the samples' depth on the visible side against the exact depth.
-        exact = exact_depths(views, truth, index, vis_c2w[0], item)
-        stats["dfm_visible_depth_error"].append(
-            depth_error(dfm_vis.depth[:, :, 0], dfm_vis.opacity[:, :, 0], exact)
-        )
-        stats["baseline_visible_depth_error"].append(
-            depth_error(base_vis.depth[0, :, 0], base_vis.opacity[0, :, 0], exact)
-        )
-        # Hidden side: the back view of each sample against the repainted truths.
-        candidates, hidden = palette_candidates(views, truth, index, item)
-        backs = (out.observation.clamp(-1, 1) + 1) / 2  # (K, 3, H, W): the target is the back
-        nearest, real, best = classify_backs(backs, candidates, hidden, ev.palette_margin)
-        stats["dfm_back_rmse_best"] += best.tolist()
-        stats["real_colour"] += real.float().tolist()
-        stats["distinct"].append(float(len(set(nearest[real].tolist()))))
-        palette_counts += np.bincount(nearest[real].numpy(), minlength=len(palette_counts))
-        base_back = render_at(renderer, base_scene, batch.target_params)
-        base_rgb = (base_back.observation.clamp(-1, 1) + 1) / 2
-        _, base_real, _ = classify_backs(base_rgb, candidates, hidden, ev.palette_margin)
-        stats["baseline_real_colour"].append(float(base_real[0]))
-        # Pictures: input, true back, baseline back, K sample backs.
-        true_back = (item.target.images[0, 0] + 1) / 2
-        row = [_uint8(batch.context.observation[0] )[0], _uint8(true_back[None] * 2 - 1)[0],
-               _uint8(base_back.observation)[0], *_uint8(out.observation)]  # fmt: skip
-        pictures.append((name, np.stack(row)))
-        if ev.videos:
-            all_c2w, all_k = novel.c2w[:, n_visible:], novel.intrinsics[:, n_visible:]
-            for label, scene, count_k in (("dfm", scene_k, k), ("baseline", base_scene, 1)):
-                cams = camera_like(
-                    batch.target_params,
-                    all_c2w.expand(count_k, -1, -1, -1),
-                    all_k.expand(count_k, -1, -1, -1),
-                )
-                turn = render_at(renderer, scene, cams)  # (n, F, 3, H, W)
-                rgb = turn.observation.permute(1, 0, 3, 4, 2).reshape(frames, size, -1, 3)
-                depth = turn.depth[:, :, 0].permute(1, 2, 0, 3).reshape(frames, size, -1)
-                rgb_frames = media.to_uint8_frames((rgb.clamp(-1, 1) + 1) / 2)
-                depth_frames = media.colorize_depth(
-                    depth, vmin=config.model.near, vmax=config.model.far
-                )
-                for kind, frames_ in (("turntable", rgb_frames), ("depth", depth_frames)):
-                    for suffix in (".mp4", ".gif"):
-                        path = out_dir / "scenes" / name / f"{label}-{kind}{suffix}"
-                        media.write_video(path, frames_, fps=12)
-                        files[f"{name} {label} {kind}{suffix}"] = path
-    grid = media.image_grid(
-        [img for _, row in pictures for img in row],
-        ncols=3 + k,
-        captions=[
-            c
-            for _ in pictures
-            for c in ["input", "true back", "baseline", *[f"sample {j}" for j in range(k)]]
-        ],
-        scale=max(1, 64 // size),  # captions are ~60 pixels wide
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    Image.fromarray(grid).save(out_dir / "backs.png")
-    files["backs"] = out_dir / "backs.png"
-    chi2, p = _chi_squared_uniform(palette_counts)
-    scores = {
-        key: float(np.mean(values)) if values else float("nan") for key, values in stats.items()
-    }
-    scores |= {
-        "palette_chi2": chi2,
-        "palette_p": p,
-        "num_objects": float(count),
-        "num_samples": float(k),
-    }
-    scores["palette_counts"] = palette_counts.tolist()  # type: ignore[assignment]
-    (out_dir / "scores.json").write_text(json.dumps(scores, indent=1))
-    files["scores"] = out_dir / "scores.json"
-    html = report.render_page(
-        title=f"DFM inverse graphics: {config.name}",
-        summary=(
-            f"DFM ({trained.dfm_step} steps) and the pixelNeRF baseline ({trained.baseline_step} "
-            f"steps), given only the front view of {count} held-out objects (world seed "
-            f"{ev.world_seed}); {k} samples each, sampler {ev.sampler}, {ev.steps} steps."
-        ),
-        tables=[_score_table(scores)],
-        images={"input, true back, baseline back, sampled backs": out_dir / "backs.png"},
-        videos={label: path for label, path in files.items() if label.endswith(".mp4")},
-        config_yaml=config_yaml,
-        base=out_dir,
-    )
-    (out_dir / "report.html").write_text(html)
-    files["report"] = out_dir / "report.html"
-    return Evaluation(scores=scores, files=files)
-
-
-def pool_scores(shards: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``scores.json`` of an evaluation split over processes (``evaluation.num_shards``).
-
-    Each object adds the same number of values to every mean, so a mean over all objects is
-    the shards' means weighted by their object counts; the palette counts add up and the
-    chi-squared test is rerun on the sum. Equals the unsplit evaluation up to rounding.
-    """
-    if not shards:
-        raise ValueError("pool_scores: no shards")
-    weights = np.array([shard["num_objects"] for shard in shards], dtype=np.float64)
-    pooled: dict[str, Any] = {}
-    for key in shards[0]:
-        if key in ("palette_counts", "palette_chi2", "palette_p", "num_samples"):
-            continue
-        values = np.array([shard[key] for shard in shards], dtype=np.float64)
-        pooled[key] = float(
-            values.sum() if key == "num_objects" else values @ weights / weights.sum()
-        )
-    counts = np.sum([shard["palette_counts"] for shard in shards], axis=0)
-    pooled["palette_chi2"], pooled["palette_p"] = _chi_squared_uniform(counts)
-    pooled["num_samples"] = shards[0]["num_samples"]
-    pooled["palette_counts"] = counts.tolist()
-    return pooled
-
-
-def export_scene(
-    renderer: VolumeRenderer, scenes_k: Any, batch: DFMBatch, item: Any, out: Path, config: Any
-) -> dict[str, Path]:
-    """The first sample as a point cloud fused from its turntable renders and a mesh."""
-    from dfm_render import extract_mesh, fuse_point_cloud, save_mesh, save_point_cloud
-
-    scene = tree_index(scenes_k, slice(0, 1))
-    c2w, intrinsics = item.novel.c2w[0], item.novel.intrinsics[0]  # every frame of the orbit
-    views = render_at(
-        renderer, scene, camera_like(batch.target_params, c2w[None], intrinsics[None])
-    )
-    cloud = fuse_point_cloud(
-        views.depth[0, :, 0],
-        (views.observation[0].clamp(-1, 1) + 1) / 2,
-        c2w,
-        intrinsics,
-        opacity=views.opacity[0, :, 0],
-        divide_by_opacity=True,
-        max_depth=0.9 * config.model.far,
-    )
-    # The object sits around the point all cameras look at; mesh a box around it.
-    centre = estimate_look_at_point(c2w)
-    radius = 0.35 * float(torch.linalg.norm(c2w[0, :3, 3] - centre))
-    bounds = torch.stack([centre - radius, centre + radius])
-
-    def density(points: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return scene.query(points[None].to(c2w.dtype)).density[0]
-
-    def colour(points: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return scene.query(points[None].to(c2w.dtype)).rgb[0]
-
-    # A voxel is mostly opaque when density * voxel size ~ 1.
-    voxel = 2 * radius / 63
-    mesh = extract_mesh(density, bounds, 64, level=1.0 / voxel, colour=colour)
-    return {
-        "point cloud": save_point_cloud(out / "sample0-points.ply", cloud),
-        "mesh (ply)": save_mesh(out / "sample0-mesh.ply", mesh),
-        "mesh (obj)": save_mesh(out / "sample0-mesh.obj", mesh),
-    }
-
-
-def autoregressive_video(
-    diffusion: ForwardDiffusion,
-    renderer: VolumeRenderer,
-    batch: DFMBatch,
-    item: Any,
-    out_dir: Path,
-    config: Any,
-) -> dict[str, Path]:
-    """Autoregressive 360-degree sample of one object, rendered along its orbit."""
-    from dfm_apps import media
-
-    ev = config.evaluation
-    frames = config.data.world.n_frames
-    c2w, intrinsics = item.novel.c2w[:, -frames:], item.novel.intrinsics[:, -frames:]
-    positions = [(i + 1) * ev.autoregressive_step % frames for i in range(ev.autoregressive_views)]
-    targets = [(c2w[:, p], intrinsics[:, p]) for p in positions]
-    scene, _ = sample_autoregressive(
-        diffusion, batch, targets, seed=ev.seed, steps=ev.steps,
-        guidance_scale=ev.guidance_scale, temperature=ev.temperature,
-    )  # fmt: skip
-    turn = render_at(renderer, scene, camera_like(batch.target_params, c2w, intrinsics))
-    video = media.to_uint8_frames((turn.observation[0].clamp(-1, 1) + 1).permute(0, 2, 3, 1) / 2)
-    path = out_dir / "scenes" / "autoregressive-turntable.mp4"
-    media.write_video(path, video, fps=12)
-    return {"autoregressive turntable.mp4": path}
-
-
-def _score_table(scores: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
-    def f(key: str, digits: int = 2) -> str:
-        value = scores.get(key, float("nan"))
-        return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
-
-    rows = [
-        ["visible side PSNR (dB), +-30 deg", f("dfm_visible_psnr"), f("baseline_visible_psnr")],
-        ["visible side SSIM", f("dfm_visible_ssim", 3), f("baseline_visible_ssim", 3)],
-        [
-            "visible side depth error |d - d*| / d* on the object",
-            f("dfm_visible_depth_error", 3),
-            f("baseline_visible_depth_error", 3),
-        ],
-        ["backs that are a palette colour", f("real_colour"), f("baseline_real_colour")],
-        ["distinct colours among the K samples", f("distinct"), "1 at most"],
-        ["chi-squared p of pooled colours vs uniform", f("palette_p", 3), ""],
-    ]
-    return ("scores", ["", "DFM", "baseline"], rows)
+    return evaluate_world(config, trained, out_dir, config_yaml=config_yaml)
 
 
 def demo(out_dir: Path, *, seed: int = 0) -> Any:
