@@ -1,0 +1,117 @@
+"""Where a 3D DFM model's hidden side fails: its one-step x0 estimate at the back, by noise level.
+
+Sampling can only end on a real palette colour behind an object if the denoiser (a) renders
+that colour when the noisy target already shows it (low noise: the target view's features
+carry it), and (b) predicts the object's presence behind it from the front view alone (high
+noise: the mean over the 4 colours, a blend, on the object's silhouette). This probe noises
+the true back view (frame N/2 of held-out objects, world seed 1000) to several levels t,
+takes one x0 estimate (DFM eq. 5's forward model applied to the predicted scene) and reports:
+
+* PSNR of x0 against the true back;
+* the fraction of x0 backs that ``scene_heldout.classify_backs`` counts as a palette colour,
+  and the fraction whose nearest palette colour is the true one;
+* ``object``: the fraction of the hidden pixels (the object's back in the exact render) where
+  x0 is closer to the truth than to the render of the same view without the object (the
+  ground and sky behind it), i.e. where the estimate draws the object at all.
+
+    uv run python apps/benchmarks/scenes_denoiser_probe.py --objects 8
+    uv run python apps/benchmarks/scenes_denoiser_probe.py --run runs/od --objects 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dfm_apps import scene_heldout, scenes
+from dfm_apps.config import load_preset, load_run_config, validate
+from dfm_apps.image_metrics import psnr
+from dfm_apps.scene_demo import WORLD_SEED, load_demo_models
+
+LEVELS = (20, 100, 300, 500, 700, 999)
+
+
+def without_object(views, truth: dict, index: int, item) -> torch.Tensor:
+    """The exact back view with the spheres removed: (3, H, W) in [0, 1]."""
+    from dfm_data.worlds.objects import ObjectScene, render_object_scene
+
+    name = views.sequences[index][1]
+    record = truth["sequences"][name]
+    scene = ObjectScene.from_json(record["scene"])
+    empty = ObjectScene(**{**scene.to_json(), "centres": ((0.0, -1e6, 0.0),), "radii": (1e-3,)})
+    to_world = (views.scales.get(name) or 1.0) / views.config.mean_depth_scale
+    size = views.config.image_size
+    h, w = record["image_size_hw"]
+    intrinsics = np.asarray(record["intrinsics_px"], dtype=np.float64).copy()
+    intrinsics[0] *= size / w
+    intrinsics[1] *= size / h
+    pose = (item.world_from_context[0] @ item.target.c2w[0, 0]).double().numpy()
+    pose[:3, 3] *= to_world
+    rgb = render_object_scene(empty, pose, intrinsics, size, size, 2)["rgb"]
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, help="a 3D run directory (default: shipped weights)")
+    parser.add_argument("--objects", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.run is not None:
+        config = validate(load_run_config(args.run / "config.yaml"))
+        diffusion = scenes.load_models(config, args.run).diffusion
+        label = f"{args.run} (newest checkpoint)"
+    else:
+        diffusion, _, model_config, metadata = load_demo_models()
+        config = validate(load_preset("objects-demo"))
+        config.model = model_config
+        label = f"shipped objects-demo weights ({metadata.get('steps', '?')} steps)"
+    schedule = diffusion.schedule
+    rows: dict[int, list[tuple[float, bool, bool, float]]] = {t: [] for t in LEVELS}
+    with tempfile.TemporaryDirectory(prefix="dfm-probe-") as work:
+        world = scenes.WorldConfig(n_sequences=int(args.objects / 0.6) + 2, seed=WORLD_SEED)
+        root = scenes.ensure_world(Path(work) / "w", world, seed=WORLD_SEED, categories=["orb"])
+        views = scenes._views_dataset(config, root, "train", 0)
+        truth = json.loads((root / "orb" / "synthetic_ground_truth.json").read_text())
+        back = world.n_frames // 2
+        for index in range(min(args.objects, len(views))):
+            item = views.views_at(index, [0], [back], [])
+            batch = scenes.scene_batch_from_views(item, patch_size=None)
+            true_back = item.target.images[:, 0]  # (1, 3, H, W) in [-1, 1]
+            candidates, hidden = scene_heldout.palette_candidates(views, truth, index, item)
+            hidden_index = truth["sequences"][views.sequences[index][1]]["scene"]["hidden_index"]
+            empty = without_object(views, truth, index, item)
+            truth01 = (true_back[0] + 1) / 2
+            with torch.no_grad():
+                condition = diffusion.condition(batch.context, batch.target_params)
+                for level in LEVELS:
+                    noise = torch.randn(
+                        true_back.shape, generator=torch.Generator().manual_seed(index)
+                    )
+                    t = torch.tensor([float(level)])
+                    x0 = diffusion.denoise(schedule.add_noise(true_back, t, noise), t, condition).x0
+                    x0 = (x0.clamp(-1, 1) + 1) / 2
+                    nearest, real, _ = scene_heldout.classify_backs(x0, candidates, hidden, 1 / 3)
+                    closer = (x0[0] - truth01).norm(dim=0) < (x0[0] - empty).norm(dim=0)
+                    rows[level].append((
+                        float(psnr(x0, truth01[None]).mean()),
+                        bool(real[0]),
+                        int(nearest[0]) == hidden_index,
+                        float(closer[hidden].float().mean()),
+                    ))  # fmt: skip
+    print(f"{label}; {len(rows[LEVELS[0]])} held-out objects, back view (frame {back})\n")
+    print("| t | x0 PSNR (dB) | palette colour | nearest is the true colour | object drawn |")
+    print("|---:|---:|---:|---:|---:|")
+    for level, values in rows.items():
+        p, real, right, drawn = (np.mean([v[i] for v in values]) for i in range(4))
+        print(f"| {level} | {p:.2f} | {real:.0%} | {right:.0%} | {drawn:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
