@@ -14,6 +14,9 @@ takes one x0 estimate (DFM eq. 5's forward model applied to the predicted scene)
   x0 is closer to the truth than to the render of the same view without the object (the
   ground and sky behind it), i.e. where the estimate draws the object at all.
 
+The last row scores the deterministic pixelNeRF baseline's render of the back the same way
+(what the front view alone gives without diffusion).
+
     uv run python apps/benchmarks/scenes_denoiser_probe.py --objects 8
     uv run python apps/benchmarks/scenes_denoiser_probe.py --run runs/od --objects 8
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +36,32 @@ from dfm_apps import scene_heldout, scenes
 from dfm_apps.config import load_preset, load_run_config, validate
 from dfm_apps.image_metrics import psnr
 from dfm_apps.scene_demo import WORLD_SEED, load_demo_models
+from dfm_render import VolumeRenderer
 
 LEVELS = (20, 100, 300, 500, 700, 999)
+
+
+@dataclass
+class BackView:
+    """What an estimate of one object's back view is scored against."""
+
+    candidates: torch.Tensor  # (P, 3, H, W) the exact back painted with each palette colour
+    hidden: torch.Tensor  # (H, W) bool, the object's hidden back
+    hidden_index: int  # the true colour
+    truth: torch.Tensor  # (3, H, W) in [0, 1]
+    empty: torch.Tensor  # (3, H, W) in [0, 1], the same view without the object
+
+    def score(self, x0: torch.Tensor) -> tuple[float, bool, bool, float]:
+        """PSNR, palette colour?, the true one?, object drawn: x0 (1, 3, H, W) in [-1, 1]."""
+        x0 = (x0.clamp(-1, 1) + 1) / 2
+        nearest, real, _ = scene_heldout.classify_backs(x0, self.candidates, self.hidden, 1 / 3)
+        closer = (x0[0] - self.truth).norm(dim=0) < (x0[0] - self.empty).norm(dim=0)
+        return (
+            float(psnr(x0, self.truth[None]).mean()),
+            bool(real[0]),
+            int(nearest[0]) == self.hidden_index,
+            float(closer[self.hidden].float().mean()),
+        )
 
 
 def without_object(views, truth: dict, index: int, item) -> torch.Tensor:
@@ -61,22 +89,33 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a 3D run directory (default: shipped weights)")
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--world-seed", type=int, default=WORLD_SEED, help="0: the training world's objects"
+    )
+    parser.add_argument("--world-root", type=Path, help="an objects world already written")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.run is not None:
         config = validate(load_run_config(args.run / "config.yaml"))
-        diffusion = scenes.load_models(config, args.run).diffusion
+        trained = scenes.load_models(config, args.run)
+        diffusion, baseline = trained.diffusion, trained.baseline
         label = f"{args.run} (newest checkpoint)"
     else:
-        diffusion, _, model_config, metadata = load_demo_models()
+        diffusion, baseline, model_config, metadata = load_demo_models()
         config = validate(load_preset("objects-demo"))
         config.model = model_config
         label = f"shipped objects-demo weights ({metadata.get('steps', '?')} steps)"
     schedule = diffusion.schedule
-    rows: dict[int, list[tuple[float, bool, bool, float]]] = {t: [] for t in LEVELS}
+    rows: dict[int | str, list[tuple[float, bool, bool, float]]] = {t: [] for t in LEVELS}
+    rows["baseline"] = []
+    renderer = VolumeRenderer(config.model.renderer).eval()
     with tempfile.TemporaryDirectory(prefix="dfm-probe-") as work:
-        world = scenes.WorldConfig(n_sequences=int(args.objects / 0.6) + 2, seed=WORLD_SEED)
-        root = scenes.ensure_world(Path(work) / "w", world, seed=WORLD_SEED, categories=["orb"])
+        # The training world is rebuilt whole (160 objects) so its objects are the trained ones.
+        count = 160 if args.world_seed == 0 else int(args.objects / 0.6) + 2
+        world = scenes.WorldConfig(n_sequences=count, seed=args.world_seed)
+        root = scenes.ensure_world(
+            Path(work) / "w", world, seed=args.world_seed, categories=["orb"]
+        )
         views = scenes._views_dataset(config, root, "train", 0)
         truth = json.loads((root / "orb" / "synthetic_ground_truth.json").read_text())
         back = world.n_frames // 2
@@ -88,25 +127,27 @@ def main() -> None:
             hidden_index = truth["sequences"][views.sequences[index][1]]["scene"]["hidden_index"]
             empty = without_object(views, truth, index, item)
             truth01 = (true_back[0] + 1) / 2
+
+            back_view = BackView(candidates, hidden, hidden_index, truth01, empty)
             with torch.no_grad():
                 condition = diffusion.condition(batch.context, batch.target_params)
                 for level in LEVELS:
-                    noise = torch.randn(
-                        true_back.shape, generator=torch.Generator().manual_seed(index)
-                    )
+                    seed = torch.Generator().manual_seed(index)
+                    noise = torch.randn(true_back.shape, generator=seed)
                     t = torch.tensor([float(level)])
-                    x0 = diffusion.denoise(schedule.add_noise(true_back, t, noise), t, condition).x0
-                    x0 = (x0.clamp(-1, 1) + 1) / 2
-                    nearest, real, _ = scene_heldout.classify_backs(x0, candidates, hidden, 1 / 3)
-                    closer = (x0[0] - truth01).norm(dim=0) < (x0[0] - empty).norm(dim=0)
-                    rows[level].append((
-                        float(psnr(x0, truth01[None]).mean()),
-                        bool(real[0]),
-                        int(nearest[0]) == hidden_index,
-                        float(closer[hidden].float().mean()),
-                    ))  # fmt: skip
-    print(f"{label}; {len(rows[LEVELS[0]])} held-out objects, back view (frame {back})\n")
-    print("| t | x0 PSNR (dB) | palette colour | nearest is the true colour | object drawn |")
+                    x_t = schedule.add_noise(true_back, t, noise)
+                    rows[level].append(back_view.score(diffusion.denoise(x_t, t, condition).x0))
+                scene = baseline.scene(batch.context)
+                rows["baseline"].append(
+                    back_view.score(renderer(scene, batch.target_params).observation)
+                )
+    print(
+        f"{label}; {len(rows[LEVELS[0]])} objects of world seed {args.world_seed}, back view "
+        f"(frame {back})\n"
+    )
+    print(
+        "| t (DFM x0) | x0 PSNR (dB) | palette colour | nearest is the true colour | object drawn |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for level, values in rows.items():
         p, real, right, drawn = (np.mean([v[i] for v in values]) for i in range(4))
