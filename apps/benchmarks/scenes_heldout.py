@@ -6,7 +6,8 @@ K = 16 samples per object, DPM-Solver++(2M) 15 steps, world seed 1000. One objec
 ``--pool`` merges their ``scores.json`` (``scene_heldout.pool_scores``: the unsplit result):
 
     for i in 0 1; do
-      uv run python apps/benchmarks/scenes_heldout.py --objects 64 --shard $i/2 --out OUT/$i &
+      uv run python apps/benchmarks/scenes_heldout.py --objects 64 --shard $i/2 --out OUT/$i \
+          --world OUT/world &
     done; wait
     uv run python apps/benchmarks/scenes_heldout.py --pool OUT/0 OUT/1
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,12 +47,12 @@ def table(scores: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--objects", type=int, default=64)
+    parser.add_argument("--objects", type=int, default=4, help="64 for the issue's figures")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--shard", default="0/1", help="i/n: this process's share of objects")
-    parser.add_argument("--out", type=Path, help="output folder of this shard")
-    parser.add_argument("--world", type=Path, default=Path("data/objects-world"))
+    parser.add_argument("--out", type=Path, help="output folder of this shard (default: temporary)")
+    parser.add_argument("--world", type=Path, help="where the held-out world is written")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pool", type=Path, nargs="+", help="shard folders to merge instead")
     args = parser.parse_args()
@@ -61,23 +63,27 @@ def main() -> None:
         print(f"\n{int(scores['num_objects'])} objects, K = {int(scores['num_samples'])}")
         print(table(scores))
         return
-    if args.out is None:
-        parser.error("--out is required unless --pool is given")
-    shard, num_shards = (int(part) for part in args.shard.split("/"))
+    try:
+        shard, num_shards = (int(part) for part in args.shard.split("/"))
+    except ValueError:
+        parser.error(f"--shard: expected i/n, e.g. 0/2, got {args.shard!r}")
+    if num_shards > 1 and args.world is None:
+        parser.error("--world is needed with several shards (they share one held-out world)")
     # Shard 0 writes the held-out world; the others wait for it as torchrun ranks would
     # (scenes.ensure_world), instead of writing the same files at once.
     os.environ["RANK"] = str(shard)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    scores = evaluate_heldout(
-        args.world,
-        args.out,
-        num_objects=args.objects,
-        num_samples=args.samples,
-        steps=args.steps,
-        shard=shard,
-        num_shards=num_shards,
-    )
+    with tempfile.TemporaryDirectory(prefix="dfm-heldout-") as work:
+        scores = evaluate_heldout(
+            args.world or Path(work) / "world",
+            args.out or Path(work) / "out",
+            num_objects=args.objects,
+            num_samples=args.samples,
+            steps=args.steps,
+            shard=shard,
+            num_shards=num_shards,
+        )
     print(json.dumps(scores, indent=1))
     print(f"{time.perf_counter() - start:.0f} s for {int(scores['num_objects'])} objects")
 
