@@ -2,8 +2,13 @@
 
 ``dfm_apps.scene_demo.evaluate_heldout`` on the shipped objects-demo weights: front view only,
 K = 16 samples per object, DPM-Solver++(2M) 15 steps, world seed 1000. One object costs about
-95 s on one CPU thread, so 64 objects run as shards, one process and one thread each, and
-``--pool`` merges their ``scores.json`` (``scene_heldout.pool_scores``: the unsplit result):
+110 s on one CPU thread, so 64 objects run in several processes of one thread each, pooled
+(``scene_heldout.pool_scores``: the unsplit result):
+
+    uv run python apps/benchmarks/scenes_heldout.py --objects 64 --processes 2 --out OUT
+
+or as shards started separately (e.g. on several machines sharing a folder), merged by
+``--pool``:
 
     for i in 0 1; do
       uv run python apps/benchmarks/scenes_heldout.py --objects 64 --shard $i/2 --out OUT/$i \
@@ -53,7 +58,8 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/n: this process's share of objects")
     parser.add_argument("--out", type=Path, help="output folder of this shard (default: temporary)")
     parser.add_argument("--world", type=Path, help="where the held-out world is written")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="per process")
+    parser.add_argument("--processes", type=int, default=1, help="processes sharing the objects")
     parser.add_argument("--pool", type=Path, nargs="+", help="shard folders to merge instead")
     args = parser.parse_args()
     if args.pool:
@@ -72,7 +78,7 @@ def main() -> None:
     # Shard 0 writes the held-out world; the others wait for it as torchrun ranks would
     # (scenes.ensure_world), instead of writing the same files at once.
     os.environ["RANK"] = str(shard)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads * args.processes)  # each process takes its share
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dfm-heldout-") as work:
         scores = evaluate_heldout(
@@ -83,6 +89,7 @@ def main() -> None:
             steps=args.steps,
             shard=shard,
             num_shards=num_shards,
+            processes=args.processes,
         )
     print(json.dumps(scores, indent=1))
     print(f"{time.perf_counter() - start:.0f} s for {int(scores['num_objects'])} objects")

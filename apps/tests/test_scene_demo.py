@@ -193,6 +193,22 @@ def test_demo_scores_are_finite_and_the_samples_differ(demo) -> None:
     assert all(len(row) == 3 + TINY_DEMO["num_samples"] for row in rows)
 
 
+def test_heldout_evaluation_in_two_processes_equals_one(demo_weights, tmp_path) -> None:
+    options = {"num_objects": 3, "num_samples": 2, "steps": 2, "weights_dir": demo_weights}
+    whole = scene_demo.evaluate_heldout(tmp_path / "w", tmp_path / "one", **options)
+    split = scene_demo.evaluate_heldout(tmp_path / "w", tmp_path / "two", processes=2, **options)
+    assert whole["num_objects"] == split["num_objects"] == 3
+    assert split.keys() == whole.keys()
+    for key, value in whole.items():
+        assert split[key] == pytest.approx(value, rel=1e-6, nan_ok=True), key  # float32 scores
+    shards = [
+        json.loads((tmp_path / "two" / f"shard{i}" / "scores.json").read_text()) for i in (0, 1)
+    ]
+    assert [shard["num_objects"] for shard in shards] == [2.0, 1.0]
+    with pytest.raises(ValueError, match="processes or num_shards"):
+        scene_demo.evaluate_heldout(tmp_path / "w", tmp_path / "x", processes=2, num_shards=2)
+
+
 def test_missing_weights_name_the_file_and_the_command(tmp_path, monkeypatch) -> None:
     with pytest.raises(MissingWeights) as info:
         scene_demo.run_demo(tmp_path / "out", weights_dir=tmp_path / "empty")

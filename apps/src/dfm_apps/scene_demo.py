@@ -100,20 +100,60 @@ def evaluate_heldout(
     steps: int = 15,
     shard: int = 0,
     num_shards: int = 1,
+    processes: int = 1,
     weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The shipped weights on held-out objects, the full hidden-side check (``nox -s slow``).
 
     ``scenes.evaluate`` on the objects world of seed ``WORLD_SEED`` (``data_root`` names where
     it is written), every sampled view scored, DPM-Solver++(2M) at ``steps``, no videos or
-    exports. ``shard``/``num_shards`` split the objects over processes;
-    ``scene_heldout.pool_scores`` of all shards' results is the unsplit result.
+    exports. ``shard``/``num_shards`` score every ``num_shards``-th object from ``shard``
+    (``scene_heldout.pool_scores`` of all shards' results is the unsplit result);
+    ``processes > 1`` does exactly that itself, one shard per process, each process taking
+    an equal share of torch's threads (the world is written once, first).
 
     Returns:
-        The scores (``scores.json``, also written under ``out_dir``).
+        The scores (``scores.json``, also written under ``out_dir``; with ``processes > 1``
+        the pooled scores, each shard's under ``out_dir/shard<i>``).
     """
-    from dfm_apps import scenes
+    from dfm_apps import scene_heldout, scenes
     from dfm_apps.config import load_preset, validate
+
+    if processes > 1:
+        if num_shards != 1:
+            raise ValueError("evaluate_heldout: pass processes or num_shards, not both")
+        import json
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        overrides = [
+            f"data.root={data_root}",
+            f"evaluation.num_scenes={num_objects}",
+            f"evaluation.world_seed={WORLD_SEED}",
+        ]
+        scene_heldout.ensure_heldout_world(validate(load_preset("objects-demo", overrides)))
+        threads = max(1, torch.get_num_threads() // processes)
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(
+            processes, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
+        ) as pool:
+            futures = [
+                pool.submit(
+                    evaluate_heldout,
+                    data_root,
+                    Path(out_dir) / f"shard{i}",
+                    num_objects=num_objects,
+                    num_samples=num_samples,
+                    steps=steps,
+                    shard=i,
+                    num_shards=processes,
+                    weights_dir=weights_dir,
+                )
+                for i in range(processes)
+            ]
+            scores = scene_heldout.pool_scores([future.result() for future in futures])
+        Path(out_dir, "scores.json").write_text(json.dumps(scores, indent=1))
+        return scores
 
     diffusion, baseline, model_config, metadata = load_demo_models(weights_dir)
     config = validate(load_preset("objects-demo", [f"data.root={data_root}"]))

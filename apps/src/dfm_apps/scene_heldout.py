@@ -52,6 +52,7 @@ __all__ = [
     "autoregressive_video",
     "classify_backs",
     "depth_error",
+    "ensure_heldout_world",
     "evaluate_world",
     "exact_depths",
     "export_scene",
@@ -191,6 +192,21 @@ def classify_backs(
     return nearest, best <= margin * separation, best
 
 
+def ensure_heldout_world(config: ScenesConfig) -> Path:
+    """Write the held-out objects world ``evaluate_world`` scores (unless it exists); its root.
+
+    World seed ``evaluation.world_seed``, next to ``data.root``; objects of its "train" split
+    are scored (3/5 of them), so it is sized to hold ``evaluation.num_scenes`` of those.
+    """
+    ev = config.evaluation
+    world = dataclasses.replace(config.data.world, n_sequences=math.ceil(ev.num_scenes / 0.6) + 2)
+    root = Path(config.data.root).with_name(
+        f"{Path(config.data.root).name}-heldout-seed{ev.world_seed}-{world.n_sequences}x"
+        f"{world.n_frames}-{world.size}px"
+    )
+    return ensure_world(root, world, seed=ev.world_seed, categories=config.data.categories[:1])
+
+
 def evaluate_world(
     config: ScenesConfig,
     trained: Trained,
@@ -206,13 +222,7 @@ def evaluate_world(
     _set_threads(config)
     ev = config.evaluation
     out_dir = Path(out_dir)
-    # Objects of the world's "train" split are used (3/5 of them: size the world to fit).
-    world = dataclasses.replace(config.data.world, n_sequences=math.ceil(ev.num_scenes / 0.6) + 2)
-    root = Path(config.data.root).with_name(
-        f"{Path(config.data.root).name}-heldout-seed{ev.world_seed}-{world.n_sequences}x"
-        f"{world.n_frames}-{world.size}px"
-    )
-    ensure_world(root, world, seed=ev.world_seed, categories=config.data.categories[:1])
+    root = ensure_heldout_world(config)
     views = _views_dataset(config, root, "train", 0)
     truth = json.loads(
         (root / config.data.categories[0] / "synthetic_ground_truth.json").read_text()
