@@ -522,11 +522,8 @@ def _videos(
 def _export(
     out: Path, scene: Any, renders: Any, c2w: torch.Tensor, intrinsics: torch.Tensor, config: Any
 ) -> dict[str, Path]:
-    """Sample 0 as a point cloud fused from its renders and a marching-cubes mesh.
-
-    ``scene_heldout.export_scene`` does the same from fresh renders of a whole orbit on a 64^3 grid;
-    here the views already rendered for the videos are reused and the grid is 48^3 (the demo's
-    time budget).
+    """Sample 0 as a point cloud and a mesh (``scene_heldout.export_first_sample``) from the
+    views already rendered for the videos, on a 48^3 grid (the demo's time budget).
 
     Args:
         out: output folder.
@@ -535,43 +532,6 @@ def _export(
         c2w: (n, 4, 4) poses of those views; intrinsics (n, 3, 3).
         config: the ``SceneModelConfig``.
     """
-    from dfm_core.tree import tree_index
-    from dfm_render import (
-        estimate_look_at_point,
-        extract_mesh,
-        fuse_point_cloud,
-        save_mesh,
-        save_point_cloud,
-    )
+    from dfm_apps.scene_heldout import export_first_sample
 
-    first = tree_index(scene, slice(0, 1))
-    cloud = fuse_point_cloud(
-        renders.depth[0, :, 0],
-        (renders.observation[0].clamp(-1, 1) + 1) / 2,
-        c2w,
-        intrinsics,
-        opacity=renders.opacity[0, :, 0],
-        divide_by_opacity=True,
-        max_depth=0.9 * config.far,
-    )
-    # The object sits around the point every camera looks at: mesh a box around it.
-    centre = estimate_look_at_point(c2w)
-    radius = 0.35 * float(torch.linalg.norm(c2w[0, :3, 3] - centre))
-    bounds = torch.stack([centre - radius, centre + radius])
-    resolution = 48
-
-    def query(points: torch.Tensor) -> Any:
-        with torch.no_grad():
-            return first.query(points[None].to(c2w.dtype))
-
-    # A voxel is mostly opaque where density x voxel size ~ 1.
-    level = (resolution - 1) / (2 * radius)
-    mesh = extract_mesh(
-        lambda p: query(p).density[0], bounds, resolution, level=level,
-        colour=lambda p: query(p).rgb[0],
-    )  # fmt: skip
-    return {
-        "point cloud": save_point_cloud(out / "sample0-points.ply", cloud),
-        "mesh (ply)": save_mesh(out / "sample0-mesh.ply", mesh),
-        "mesh (obj)": save_mesh(out / "sample0-mesh.obj", mesh),
-    }
+    return export_first_sample(out, scene, renders, c2w, intrinsics, far=config.far, resolution=48)

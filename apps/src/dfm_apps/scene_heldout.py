@@ -55,6 +55,7 @@ __all__ = [
     "ensure_heldout_world",
     "evaluate_world",
     "exact_depths",
+    "export_first_sample",
     "export_scene",
     "palette_candidates",
     "palette_distances",
@@ -406,39 +407,65 @@ def pool_scores(shards: list[dict[str, Any]]) -> dict[str, Any]:
 def export_scene(
     renderer: VolumeRenderer, scenes_k: Any, batch: DFMBatch, item: Any, out: Path, config: Any
 ) -> dict[str, Path]:
-    """The first sample as a point cloud fused from its turntable renders and a mesh."""
+    """The first sample as a point cloud fused from its renders along the whole orbit and a
+    mesh (64^3 grid): ``export_first_sample`` on fresh renders."""
+    c2w, intrinsics = item.novel.c2w[0], item.novel.intrinsics[0]  # every frame of the orbit
+    renders = render_at(
+        renderer,
+        tree_index(scenes_k, slice(0, 1)),
+        camera_like(batch.target_params, c2w[None], intrinsics[None]),
+    )
+    return export_first_sample(out, scenes_k, renders, c2w, intrinsics, far=config.model.far)
+
+
+def export_first_sample(
+    out: Path,
+    scenes_k: Any,
+    renders: Any,
+    c2w: torch.Tensor,
+    intrinsics: torch.Tensor,
+    *,
+    far: float,
+    resolution: int = 64,
+) -> dict[str, Path]:
+    """Sample 0 as a point cloud fused from its renders and a marching-cubes mesh.
+
+    Args:
+        out: output folder (``sample0-points.ply``, ``sample0-mesh.ply``, ``sample0-mesh.obj``).
+        scenes_k: sampled scenes (a batched ``SceneField``); sample 0 is exported.
+        renders: sample 0's (at least) ``SceneRendering`` at n views, observation
+            (K >= 1, n, 3, H, W), depth and opacity (K, n, 1, H, W).
+        c2w: (n, 4, 4) poses of those views; intrinsics (n, 3, 3).
+        far: the far plane (depths beyond 0.9 x far are background, not fused).
+        resolution: marching-cubes grid side.
+    """
     from dfm_render import extract_mesh, fuse_point_cloud, save_mesh, save_point_cloud
 
-    scene = tree_index(scenes_k, slice(0, 1))
-    c2w, intrinsics = item.novel.c2w[0], item.novel.intrinsics[0]  # every frame of the orbit
-    views = render_at(
-        renderer, scene, camera_like(batch.target_params, c2w[None], intrinsics[None])
-    )
+    first = tree_index(scenes_k, slice(0, 1))
     cloud = fuse_point_cloud(
-        views.depth[0, :, 0],
-        (views.observation[0].clamp(-1, 1) + 1) / 2,
+        renders.depth[0, :, 0],
+        (renders.observation[0].clamp(-1, 1) + 1) / 2,
         c2w,
         intrinsics,
-        opacity=views.opacity[0, :, 0],
+        opacity=renders.opacity[0, :, 0],
         divide_by_opacity=True,
-        max_depth=0.9 * config.model.far,
+        max_depth=0.9 * far,
     )
-    # The object sits around the point all cameras look at; mesh a box around it.
+    # The object sits around the point every camera looks at: mesh a box around it.
     centre = estimate_look_at_point(c2w)
     radius = 0.35 * float(torch.linalg.norm(c2w[0, :3, 3] - centre))
     bounds = torch.stack([centre - radius, centre + radius])
 
-    def density(points: torch.Tensor) -> torch.Tensor:
+    def query(points: torch.Tensor) -> Any:
         with torch.no_grad():
-            return scene.query(points[None].to(c2w.dtype)).density[0]
+            return first.query(points[None].to(c2w.dtype))
 
-    def colour(points: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return scene.query(points[None].to(c2w.dtype)).rgb[0]
-
-    # A voxel is mostly opaque when density * voxel size ~ 1.
-    voxel = 2 * radius / 63
-    mesh = extract_mesh(density, bounds, 64, level=1.0 / voxel, colour=colour)
+    # A voxel is mostly opaque where density x voxel size ~ 1.
+    level = (resolution - 1) / (2 * radius)
+    mesh = extract_mesh(
+        lambda p: query(p).density[0], bounds, resolution, level=level,
+        colour=lambda p: query(p).rgb[0],
+    )  # fmt: skip
     return {
         "point cloud": save_point_cloud(out / "sample0-points.ply", cloud),
         "mesh (ply)": save_mesh(out / "sample0-mesh.ply", mesh),
