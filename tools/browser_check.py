@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -336,6 +337,38 @@ def _launch(chromium: str, profile: Path, timeout: float) -> tuple[subprocess.Po
     raise BrowserError(f"chromium did not open its DevTools port within {timeout:.0f} s")
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """End Chromium and the processes it started (its own process group: renderer, network
+    and GPU helpers write to the profile until they exit, not when the browser does)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _remove_profile(profile: Path, attempts: int = 20) -> None:
+    """Delete the browser profile, retrying while late writers finish (a helper killed a
+    moment ago may still flush a file into a directory being removed)."""
+    for _ in range(attempts - 1):
+        try:
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.25)
+    shutil.rmtree(profile, ignore_errors=True)
+
+
 def _page_socket(port: int, timeout: float) -> WebSocket:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -441,8 +474,8 @@ def check_report(
     if binary is None:
         raise BrowserError("no chromium on PATH (apt-get install chromium, or pass --install)")
     result = Result()
-    with tempfile.TemporaryDirectory(prefix="dfm-chromium-") as tmp:
-        profile = Path(tmp)
+    profile = Path(tempfile.mkdtemp(prefix="dfm-chromium-"))
+    try:
         process, port = _launch(binary, profile, timeout)
         try:
             tools = DevTools(_page_socket(port, timeout))
@@ -485,12 +518,9 @@ def check_report(
             _event_problems(tools.events, result)
             tools.ws.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
+    finally:
+        _remove_profile(profile)
     result.problems = list(dict.fromkeys(result.problems))  # one line per distinct problem
     result.seconds = time.monotonic() - start
     return result
