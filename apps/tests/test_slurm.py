@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import cloudpickle
@@ -156,24 +157,29 @@ def _scontrol(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["scontrol", *argv], capture_output=True, text=True, timeout=30)
 
 
-def _release_when_held(job_id: str) -> None:
-    """Wait for the requeued job to be pending; release it if Slurm held it.
+def _restart_after_requeue(job_id: str, requeued_at: float) -> None:
+    """Wait until the requeued job runs again, releasing it if Slurm held it.
 
-    A suspended job that is requeued comes back held (``JobHeldAdmin``): without the
-    release it would never start again.
+    A suspended job that is requeued comes back held (``JobHeldAdmin``, priority 0): without
+    the release it would never start again. Only a start *after* the requeue counts: right
+    after ``scontrol requeue`` a suspended job is resumed to be killed and can briefly show
+    RUNNING with its restart count already raised (a CI run returned there, never released
+    the hold, and the job sat pending until the deadline).
     """
     deadline = time.monotonic() + JOB_TIMEOUT_S
+    fields: dict[str, str] = {}
     while time.monotonic() < deadline:
         fields = slurm_job_state(job_id) or {}
-        if fields.get("JobState") == "PENDING":
-            if fields.get("Reason", "").startswith("JobHeld"):
-                done = _scontrol("release", job_id)
-                assert done.returncode == 0, done.stderr
-            return
-        if fields.get("JobState") == "RUNNING" and _restarts(job_id) >= 2:
-            return
+        state, reason = fields.get("JobState"), fields.get("Reason", "")
+        if state == "PENDING" and (reason.startswith("JobHeld") or fields.get("Priority") == "0"):
+            done = _scontrol("release", job_id)
+            assert done.returncode == 0, done.stderr
+        started = fields.get("StartTime", "")
+        if state == "RUNNING" and started[:1].isdigit():
+            if datetime.fromisoformat(started).timestamp() >= int(requeued_at):
+                return
         time.sleep(0.2)
-    pytest.fail(f"job {job_id} never came back pending after `scontrol requeue`")
+    pytest.fail(f"job {job_id} did not run again after `scontrol requeue`: {fields}")
 
 
 def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
@@ -235,10 +241,11 @@ def test_preempted_and_requeued_job_ends_with_the_uninterrupted_weights(
     assert frozen.returncode == 0, f"scontrol suspend {job_id}: {frozen.stderr}"
     resumed = list_checkpoints(run_dir / "checkpoints")[-1][0]
     assert stopped_at < resumed < MAX_STEPS
+    requeued_at = time.time()
     requeued = _scontrol("requeue", job_id)
     assert requeued.returncode == 0, f"scontrol requeue {job_id}: {requeued.stderr}"
-    _release_when_held(job_id)
-    _poll("the second requeue", lambda: _restarts(job_id) >= 2, job_id)
+    _restart_after_requeue(job_id, requeued_at)
+    assert _restarts(job_id) >= 2
 
     results = wait(job, timeout_s=JOB_TIMEOUT_S)
     seconds = time.monotonic() - start

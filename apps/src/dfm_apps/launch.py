@@ -351,8 +351,14 @@ def wait(
     while not all(task.paths.result_pickle.exists() for task in _tasks(job)):
         now = time.monotonic()
         if timeout_s is not None and now - start > timeout_s:
+            fields = slurm_job_state(job.job_id) if is_slurm else None
+            where = (
+                f" (Slurm: {fields.get('JobState')}, reason {fields.get('Reason')})"
+                if fields
+                else ""
+            )
             raise LaunchError(
-                f"job {job.job_id} gave no result within {timeout_s:.0f} s\n{_log_tail(job)}"
+                f"job {job.job_id} gave no result within {timeout_s:.0f} s{where}\n{_log_tail(job)}"
             )
         if is_slurm:
             fields = slurm_job_state(job.job_id)
