@@ -196,7 +196,7 @@ def test_exact_depths_match_the_worlds_depth_files(world):
     """Depth re-rendered at the loader's (scaled) cameras = the world's CO3D depth PNGs, scaled."""
     import dataclasses
 
-    from dfm_data.images import load_depth_png
+    from dfm_data.images import load_depth_png, load_mask_png
 
     config, _, truth = world
     full = dataclasses.replace(
@@ -221,6 +221,23 @@ def test_exact_depths_match_the_worlds_depth_files(world):
         assert hit.sum() > 50
         assert torch.equal(on_disk > 0, exact[k] > 0)
         torch.testing.assert_close(exact[k][hit], on_disk[hit], rtol=2e-3, atol=0)  # float16 file
+
+    # object_only: the same depths on the object, 0 on the ground; the world's soft masks
+    # (2x2 sub-samples per pixel) are 1 inside the object and 0 away from it.
+    on_object = scene_heldout.exact_depths(
+        views, truth, index, item.target.c2w[0], item, object_only=True
+    )
+    for k, frame in enumerate(frames):
+        mask = torch.from_numpy(
+            load_mask_png(
+                Path(config.data.root) / "orb" / name / "masks" / f"frame{frame + 1:06d}.png"
+            )
+        )
+        inside, outside = mask > 0.99, mask < 0.01
+        assert inside.sum() > 20 and (outside & (exact[k] > 0)).sum() > 100  # object and ground
+        assert bool((on_object[k][inside] > 0).all()) and bool((on_object[k][outside] == 0).all())
+        kept = on_object[k] > 0
+        assert torch.equal(on_object[k][kept], exact[k][kept])
 
 
 def test_depth_error_is_the_mean_relative_error_on_the_object():
