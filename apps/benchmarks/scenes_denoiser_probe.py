@@ -15,7 +15,11 @@ takes one x0 estimate (DFM eq. 5's forward model applied to the predicted scene)
   ground and sky behind it), i.e. where the estimate draws the object at all.
 
 The last row scores the deterministic pixelNeRF baseline's render of the back the same way
-(what the front view alone gives without diffusion).
+(what the front view alone gives without diffusion). A second table follows the baseline's
+field around the object: at 0, 45, 90 and 180 degrees from the input view, the relative depth
+error on the object's pixels (``scene_heldout.depth_error``) and PSNR on the object's pixels
+and on the rest (floor, sky). At 0 degrees the render is of the input view itself: what a
+pixel-aligned field should reproduce almost exactly.
 
     uv run python apps/benchmarks/scenes_denoiser_probe.py --objects 8
     uv run python apps/benchmarks/scenes_denoiser_probe.py --run runs/od --objects 8
@@ -84,6 +88,27 @@ def without_object(views, truth: dict, index: int, item) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
 
 
+def baseline_at(
+    baseline, renderer, views, truth: dict, index: int, frame: int
+) -> tuple[float, float, float]:
+    """The baseline's render of object ``index`` at ``frame`` from frame 0 alone: the relative
+    depth error on the object's pixels, and PSNR on the object's pixels and on the rest."""
+    item = views.views_at(index, [0], [frame], [])
+    batch = scenes.scene_batch_from_views(item, patch_size=None)
+    with torch.no_grad():
+        out = renderer(baseline.scene(batch.context), batch.target_params)
+    exact = scene_heldout.exact_depths(
+        views, truth, index, item.target.c2w[0], item, object_only=True
+    )  # (1, H, W)
+    on_object = exact > 0
+    pred, true = (out.observation + 1) / 2, (item.target.images[:, 0] + 1) / 2  # (1, 3, H, W)
+    return (
+        scene_heldout.depth_error(out.depth[:, 0], out.opacity[:, 0], exact),
+        float(psnr(pred, true, mask=on_object)[0]),
+        float(psnr(pred, true, mask=~on_object)[0]),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, help="a 3D run directory (default: shipped weights)")
@@ -109,11 +134,15 @@ def main() -> None:
     rows: dict[int | str, list[tuple[float, bool, bool, float]]] = {t: [] for t in LEVELS}
     rows["baseline"] = []
     renderer = VolumeRenderer(config.model.renderer).eval()
+    n_frames = scenes.WorldConfig().n_frames
+    angles: dict[int, list[tuple[float, float, float]]] = {
+        frame: [] for frame in (0, n_frames // 8, n_frames // 4, n_frames // 2)
+    }
     with tempfile.TemporaryDirectory(prefix="dfm-probe-") as work:
         # The training world is rebuilt whole (160 objects) so its objects are the trained ones.
         count = 160 if args.world_seed == 0 else int(args.objects / 0.6) + 2
         world = scenes.WorldConfig(n_sequences=count, seed=args.world_seed)
-        root = scenes.ensure_world(
+        root = args.world_root or scenes.ensure_world(
             Path(work) / "w", world, seed=args.world_seed, categories=["orb"]
         )
         views = scenes._views_dataset(config, root, "train", 0)
@@ -141,6 +170,8 @@ def main() -> None:
                 rows["baseline"].append(
                     back_view.score(renderer(scene, batch.target_params).observation)
                 )
+            for frame in angles:
+                angles[frame].append(baseline_at(baseline, renderer, views, truth, index, frame))
     print(
         f"{label}; {len(rows[LEVELS[0]])} objects of world seed {args.world_seed}, back view "
         f"(frame {back})\n"
@@ -152,6 +183,14 @@ def main() -> None:
     for level, values in rows.items():
         p, real, right, drawn = (np.mean([v[i] for v in values]) for i in range(4))
         print(f"| {level} | {p:.2f} | {real:.0%} | {right:.0%} | {drawn:.0%} |")
+    print(
+        "\nThe baseline's field by angle from the input view (0: the input view itself)\n\n"
+        "| view | object depth error | object PSNR (dB) | rest PSNR (dB) |\n|---:|---:|---:|---:|"
+    )
+    for frame, values in angles.items():
+        error, on_object, rest = (np.nanmean([v[i] for v in values]) for i in range(3))
+        degrees = 360 * frame / n_frames
+        print(f"| {degrees:.0f}° | {error:.3f} | {on_object:.2f} | {rest:.2f} |")
 
 
 if __name__ == "__main__":
