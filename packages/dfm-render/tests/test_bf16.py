@@ -149,7 +149,7 @@ def test_compositing_and_outputs_stay_float32_while_the_field_runs_bf16(monkeypa
 
     monkeypatch.setattr(renderer_module, "composite", recording)
     scene, camera = tiny_scene()
-    block = scene.mlp.blocks[0].fc_0
+    block = scene.mlp.blocks[0].fc_1  # (fc_0 runs inside the folded FiLM matmul)
 
     def hook(module, args, output):
         seen["matmul_in"].append(output.dtype)

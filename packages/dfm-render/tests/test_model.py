@@ -134,6 +134,39 @@ def test_split_first_layer_equals_the_concatenated_original():
     torch.testing.assert_close(captured["h"][0][inside], expected[inside], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    ("x_shape", "time_shape"),
+    [
+        ((2, 3, 7, 8), (2, 3, 1, 5)),  # per view: one time per (sample, view), folded
+        ((2, 7, 8), (2, 1, 5)),  # after pooling: the target's time per sample, folded
+        ((2, 7, 8), (2, 7, 5)),  # a time per point: the plain broadcast form
+    ],
+)
+def test_film_block_is_the_papers_formula_in_value_and_gradient(x_shape, time_shape):
+    """x + fc_1(relu(fc_0(relu(x)) * (1 + scale) + shift)), written out in float64."""
+    from dfm_render.field import ResnetBlockFC
+
+    block = ResnetBlockFC(8, 5).double()
+    randomise(block)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(x_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(time_shape, generator=g, dtype=torch.float64)
+
+    def reference(x):
+        film = F.linear(F.silu(t), block.film[1].weight, block.film[1].bias)
+        scale, shift = film[..., :8], film[..., 8:]
+        inner = F.linear(F.relu(x), block.fc_0.weight, block.fc_0.bias) * (1 + scale) + shift
+        return x + F.linear(F.relu(inner), block.fc_1.weight, block.fc_1.bias)
+
+    got, want = block(x, t), reference(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((got * probe).sum(), [x, *block.parameters()])
+    expected = torch.autograd.grad((want * probe).sum(), [x, *block.parameters()])
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 # ---- renderer -------------------------------------------------------------------------
 
 

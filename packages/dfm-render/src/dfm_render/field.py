@@ -123,8 +123,42 @@ class ResnetBlockFC(nn.Module):
     def forward(self, x: Tensor, time_embedding: Tensor) -> Tensor:
         """x (..., W); time_embedding broadcastable to (..., T) -> (..., W)."""
         scale, shift = self.film(time_embedding).chunk(2, dim=-1)  # (..., W) each
-        h = self.fc_0(F.relu(x)) * (1 + scale) + shift
+        if x.ndim >= 3 and scale.shape[:-2] == x.shape[:-2] and scale.shape[-2] == 1:
+            h = _film_linear(F.relu(x), self.fc_0, 1 + scale, shift)
+        else:
+            h = self.fc_0(F.relu(x)) * (1 + scale) + shift
         return x + self.fc_1(F.relu(h))
+
+
+def _film_linear(x: Tensor, linear: nn.Linear, gain: Tensor, shift: Tensor) -> Tensor:
+    """``linear(x) * gain + shift`` with the gain folded into per-group weights.
+
+    Every group of points (a view of a batch element) shares one (gain, shift), so
+    ``(x A^T + b) * g + s = x (A^T diag(g)) + (b * g + s)``: one batched matmul with a scaled
+    copy of the (W, W) weight per group. Same values; but the gain's gradient now comes from
+    the small weight gradient instead of a reduction of a full (..., P, W) product over the
+    points, which the plain form's backward materialises (~25 % of a block's time on CPU).
+
+    Args:
+        x: (..., P, W_in) inputs.
+        linear: the layer (weight (W_out, W_in), bias (W_out,)).
+        gain, shift: (..., 1, W_out), one per group of P points.
+
+    Returns:
+        (..., P, W_out).
+    """
+    groups, (points, width_in) = x.shape[:-2], x.shape[-2:]
+    width_out = linear.out_features
+    weight = linear.weight.t().to(x.dtype) * gain  # (..., W_in, W_out): columns scaled
+    bias = (
+        shift if linear.bias is None else linear.bias.to(x.dtype) * gain + shift
+    )  # (..., 1, W_out)
+    out = torch.baddbmm(
+        bias.reshape(-1, 1, width_out),
+        x.reshape(-1, points, width_in),
+        weight.reshape(-1, width_in, width_out),
+    )  # (G, P, W_out)
+    return out.reshape(*groups, points, width_out)
 
 
 class RadianceFieldMLP(nn.Module):
