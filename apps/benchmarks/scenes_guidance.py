@@ -11,7 +11,8 @@ extrapolates from the context-free estimate towards the conditional one, ``x0_u 
 x0_u)``: it strengthens whatever the input view implies, such as an object behind it.
 
     uv run python apps/benchmarks/scenes_guidance.py --objects 6 --samples 4 --weights 0 1 4
-    uv run python apps/benchmarks/scenes_guidance.py --objects 8 --samples 4 --weights 0 --scales 1 2 4
+    uv run python apps/benchmarks/scenes_guidance.py --objects 8 --samples 4 --weights 0 \
+        --scales 1 2 4 --world-seed 2000
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def main() -> None:
         "--scales", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--world-seed",
+        type=int,
+        default=1000,
+        help="objects world of the scored objects (choose settings on another seed than "
+        "the held-out figures' 1000)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     diffusion, baseline, model_config, metadata = load_demo_models()
@@ -70,6 +78,7 @@ def main() -> None:
                     export=False,
                     reconstruction_weight=weight,
                     guidance_scale=scale,
+                    world_seed=args.world_seed,
                 ),
             )
             start = time.perf_counter()
