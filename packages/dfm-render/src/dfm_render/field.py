@@ -141,7 +141,7 @@ def _film_linear(x: Tensor, linear: nn.Linear, gain: Tensor, shift: Tensor) -> T
 
     Args:
         x: (..., P, W_in) inputs.
-        linear: the layer (weight (W_out, W_in), bias (W_out,)).
+        linear: the block's fc_0 (weight (W_out, W_in), bias (W_out,)).
         gain, shift: (..., 1, W_out), one per group of P points.
 
     Returns:
@@ -150,9 +150,7 @@ def _film_linear(x: Tensor, linear: nn.Linear, gain: Tensor, shift: Tensor) -> T
     groups, (points, width_in) = x.shape[:-2], x.shape[-2:]
     width_out = linear.out_features
     weight = linear.weight.t().to(x.dtype) * gain  # (..., W_in, W_out): columns scaled
-    bias = (
-        shift if linear.bias is None else linear.bias.to(x.dtype) * gain + shift
-    )  # (..., 1, W_out)
+    bias = linear.bias.to(x.dtype) * gain + shift  # (..., 1, W_out)
     out = torch.baddbmm(
         bias.reshape(-1, 1, width_out),
         x.reshape(-1, points, width_in),
