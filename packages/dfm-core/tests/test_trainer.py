@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from dfm_core.checkpoint import list_checkpoints, load_train_state, load_weights
 from dfm_core.trainer import (
+    NoGradientWarning,
     NonFiniteLossError,
     OptimizerConfig,
     ShardedBatchSampler,
@@ -513,3 +514,36 @@ def test_ddp_matches_single_process(tmp_path: Path) -> None:
         assert not set(seen0[step].tolist()) & set(seen1[step].tolist())
         assert torch.equal(torch.cat([seen0[step], seen1[step]]), reference[step])
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [2, 4]
+
+
+# ----------------------------------------------------------------------------- dead parameters
+
+
+def _stuck_regressor() -> NoisyRegressor:
+    """Both layers at zero: h = tanh(0) = 0, so dL/dW2 = g h^T = 0 and dL/dh = W2^T g = 0
+    forever; only the output bias b2 learns."""
+    model = NoisyRegressor()
+    with torch.no_grad():
+        for layer in (model.net[0], model.net[3]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return model
+
+
+def test_warns_about_parameters_stuck_at_a_zero_initialised_saddle(tmp_path: Path) -> None:
+    import warnings
+
+    model = _stuck_regressor()
+    with pytest.warns(NoGradientWarning, match="3 of 4") as caught:
+        Trainer(model, IndexDataset(), _config(gradient_check_steps=4), run_dir=tmp_path).train()
+    message = str(caught[0].message)
+    assert all(name in message for name in ("net.0.weight", "net.0.bias", "net.3.weight"))
+    assert "net.3.bias" not in message
+    assert torch.count_nonzero(model.net[3].weight) == 0  # really stuck, not just slow
+
+    # A healthy model, and a disabled check, warn about nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoGradientWarning)
+        Trainer(NoisyRegressor(), IndexDataset(), _config(), run_dir=tmp_path / "ok").train()
+        config = _config(gradient_check_steps=0)
+        Trainer(_stuck_regressor(), IndexDataset(), config, run_dir=tmp_path / "off").train()

@@ -62,6 +62,7 @@ from dfm_core.schedules import (
 )
 from dfm_core.trainer import (
     STOP_SIGNALS,
+    NoGradientWarning,
     NonFiniteLossError,
     OptimizerConfig,
     Trainer,
@@ -121,6 +122,7 @@ __all__ = [
     "ForwardDiffusion",
     "ForwardModel",
     "LossInputs",
+    "NoGradientWarning",
     "NoiseSchedule",
     "NonFiniteLossError",
     "OptimizerConfig",

@@ -104,6 +104,7 @@ from dfm_core.tree import tree_to
 
 __all__ = [
     "STOP_SIGNALS",
+    "NoGradientWarning",
     "NonFiniteLossError",
     "OptimizerConfig",
     "ShardedBatchSampler",
@@ -161,6 +162,11 @@ class TrainerConfig:
     """Call each callback with ``(trainer, step)`` every this many steps."""
     progress: bool = True
     """Show a tqdm progress bar on rank 0 (only when stderr is a terminal)."""
+    gradient_check_steps: int = 20
+    """For this many first steps of a fresh run, note which parameters receive a non-zero
+    gradient and then warn (:class:`NoGradientWarning`) naming those that never did: a
+    sub-network behind two zero-initialised layers sits at a saddle and never trains, silently.
+    0 disables the check."""
     find_unused_parameters: bool = False
     """Passed to DDP; needed when some parameters get no gradient on some steps."""
     device: str | None = None
@@ -181,6 +187,11 @@ class TrainerConfig:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(
                 f"TrainerConfig.seed must be a non-negative integer, got {self.seed!r}"
+            )
+        if not isinstance(self.gradient_check_steps, int) or self.gradient_check_steps < 0:
+            raise ValueError(
+                "TrainerConfig.gradient_check_steps must be a non-negative integer, got "
+                f"{self.gradient_check_steps!r}"
             )
         if self.num_workers < 0:
             raise ValueError(f"TrainerConfig.num_workers must be >= 0, got {self.num_workers!r}")
@@ -218,6 +229,10 @@ class TrainerConfig:
             callbacks=callbacks,
             run_config=run_config,
         )
+
+
+class NoGradientWarning(UserWarning):
+    """Some trainable parameters received no non-zero gradient in the first steps of a run."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -442,7 +457,12 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=config.find_unused_parameters,
             )
-        self._params = [p for p in self.module.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        self._params = [p for _, p in named]
+        self._param_names = [n for n, _ in named]
+        # Which parameters have had a non-zero gradient (TrainerConfig.gradient_check_steps);
+        # None once the run resumes from a checkpoint (its first steps happened elsewhere).
+        self._reached: Tensor | None = torch.zeros(len(named), dtype=torch.bool, device=self.device)
         if not self._params:
             raise ValueError("Trainer: model has no parameters with requires_grad=True")
         self.optimizer = config.optimizer.build(self._params)
@@ -681,11 +701,39 @@ class Trainer:
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(self.step + 1, bad, self._last_saved_step)
+        if self._reached is not None and self.step < cfg.gradient_check_steps:
+            self._note_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if self._reached is not None and self.step == cfg.gradient_check_steps:
+            self._warn_no_gradient()
         self.ema.update(self.module, self.step)
         return named, lr, norm, stop_flag > 0
+
+    def _note_gradients(self) -> None:
+        assert self._reached is not None
+        flags = [
+            p.grad.ne(0).any() if p.grad is not None else torch.zeros((), dtype=torch.bool)
+            for p in self._params
+        ]  # one device tensor each: a single transfer below, not one sync per parameter
+        self._reached |= torch.stack([f.to(self._reached.device) for f in flags])
+
+    def _warn_no_gradient(self) -> None:
+        if not self.is_main or self._reached is None or bool(self._reached.all()):
+            return
+        hits = self._reached.tolist()
+        missing = [n for n, hit in zip(self._param_names, hits, strict=True) if not hit]
+        shown = ", ".join(missing[:8]) + (
+            f", ... ({len(missing) - 8} more)" if len(missing) > 8 else ""
+        )
+        warnings.warn(
+            f"Trainer: {len(missing)} of {len(self._params)} trainable parameters had no "
+            f"non-zero gradient in the first {self.step} steps (a sub-network stuck behind "
+            f"zero-initialised layers, or unused): {shown}",
+            NoGradientWarning,
+            stacklevel=3,
+        )
 
     # -- loop ----------------------------------------------------------------
 
@@ -875,6 +923,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
+        self._reached = None
         global_batch = self.config.batch_size * self.world_size
         position = int(state["epoch_position"])
         self.epoch_batch = -(-position // global_batch)  # round up: never repeat an item

@@ -9,11 +9,12 @@ with the sizes of the paper's CO3D model in brackets::
                           -> DiT at H/2, patch p [DiT-XL/2, 512 out] (shared by every view)
                           -> bilinear up to H x W
                           ++ 7x7 conv of the first three input channels [64]
-                          -> 3x3 conv [512], zero-initialised       -> (N, C_feat, H, W)
+                          -> 3x3 conv [512]                          -> (N, C_feat, H, W)
 
-The refinement conv starts at zero, so a fresh encoder outputs zero features and the field
-first learns from positions alone. Optionally each view's absolute camera pose conditions the
-DiT (the original's ``use_abs_pose`` on CO3D): the 3x4 part of c2w, harmonically embedded
+A fresh encoder outputs zero features (the DiT's final layer and the refinement's skip half start
+at zero), so the field first learns from positions alone; the refinement's DiT half starts
+random, or the DiT would never receive a gradient. Optionally each view's absolute camera pose
+conditions the DiT (the original's ``use_abs_pose`` on CO3D): the 3x4 part of c2w, harmonically embedded
 (6 octaves, input appended: 12 * 13 = 156 values), enters through the DiT's ``cond``.
 """
 
@@ -107,7 +108,12 @@ class ImageEncoder(nn.Module):
         self.refine = nn.Conv2d(
             c.feature_channels + c.skip_channels, c.feature_channels, 3, padding=1
         )
-        nn.init.zeros_(self.refine.weight)
+        # A fresh encoder outputs zero features: the DiT's final layer starts at zero (adaLN-Zero)
+        # and so does the refinement's skip half. Its DiT half must NOT also start at zero: the
+        # product of two zero factors is a saddle where neither gets a gradient, and the DiT
+        # would never train (the features would stay a 9x9-pixel conv of the image).
+        with torch.no_grad():
+            self.refine.weight[:, c.feature_channels :].zero_()
         nn.init.zeros_(self.refine.bias)
 
     def forward(
