@@ -123,7 +123,7 @@ def test_batch_layout_and_validation():
 
 
 @pytest.mark.parametrize("preset", sorted(INVERSION_PRESETS))
-def test_every_preset_trains_two_steps_on_cpu(preset):
+def test_every_preset_trains_on_cpu_and_every_parameter_learns(preset):
     model = _model(preset)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
@@ -134,13 +134,19 @@ def test_every_preset_trains_two_steps_on_cpu(preset):
     gen = torch.Generator().manual_seed(0)
     batch, _ = _batch(model)
     model.train()
-    for _ in range(2):
+    got_gradient = dict.fromkeys(named, False)
+    # adaLN-Zero opens one layer per step (final layer, gates, blocks): by step 3 every
+    # parameter must have had a gradient (none may sit behind two zero-initialised layers).
+    for _ in range(3):
         terms = model(batch, generator=gen)
         assert set(terms) >= {"loss", "target", "novel"}
         assert torch.isfinite(terms["loss"])
         opt.zero_grad()
         terms["loss"].backward()
+        for name, parameter in named.items():
+            got_gradient[name] |= parameter.grad is not None and bool(parameter.grad.any())
         opt.step()
+    assert [name for name, learned in got_gradient.items() if not learned] == []
     changed = {n for n, p in named.items() if not torch.equal(before[n], p)}
     # adaLN-Zero: gradients reach the head, the final layer and the block gates first.
     assert {"predictor.head.weight", "predictor.dit.final_layer.linear.weight"} <= changed
