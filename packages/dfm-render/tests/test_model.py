@@ -102,6 +102,21 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> None:
 # ---- field ----------------------------------------------------------------------------
 
 
+def test_fresh_encoder_outputs_zeros_yet_its_dit_gets_a_gradient():
+    """A fresh encoder outputs zero features, but not from a saddle: the DiT's final layer
+    (zero at init, adaLN-Zero) must get a gradient through the refinement conv after it."""
+    encoder = tiny_config().build_baseline().encoder
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    features = encoder(images, torch.zeros(2))
+    assert torch.count_nonzero(features) == 0
+    (features * torch.randn_like(features)).sum().backward()
+    # The first parameters behind the zero output: refine (its DiT half) and the DiT's final
+    # linear layer (its input is the layer-normed tokens, not zero).
+    for name in ("refine.weight", "dit.final_layer.linear.weight"):
+        grad = encoder.get_parameter(name).grad
+        assert grad is not None and bool(grad.any()), name
+
+
 def test_split_first_layer_equals_the_concatenated_original():
     cfg = FieldConfig(feature_channels=6, width=8, num_blocks=2, combine_layer=1, time_embed_dim=8)
     field = cfg.build().double()
