@@ -11,11 +11,12 @@ with the sizes of the paper's CO3D model in brackets::
                           ++ 7x7 conv of the first three input channels [64]
                           -> 3x3 conv [512]                          -> (N, C_feat, H, W)
 
-A fresh encoder outputs zero features (the DiT's final layer and the refinement's skip half start
-at zero), so the field first learns from positions alone; the refinement's DiT half starts
-random, or the DiT would never receive a gradient. Optionally each view's absolute camera pose
-conditions the DiT (the original's ``use_abs_pose`` on CO3D): the 3x4 part of c2w, harmonically embedded
-(6 octaves, input appended: 12 * 13 = 156 values), enters through the DiT's ``cond``.
+A fresh encoder outputs zero features (the DiT's final layer and the refinement's skip half
+start at zero), so the field first learns from positions alone; the refinement's DiT half
+starts random, or the DiT would never receive a gradient. Optionally each view's absolute
+camera pose conditions the DiT (the original's ``use_abs_pose`` on CO3D): the 3x4 part of
+c2w, harmonically embedded (6 octaves, input appended: 12 * 13 = 156 values), enters through
+the DiT's ``cond``.
 """
 
 from __future__ import annotations
