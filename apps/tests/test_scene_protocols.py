@@ -17,10 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dfm_apps import scene_heldout, scene_protocols, scenes
+from dfm_apps import scene_heldout, scene_pairs, scene_protocols, scenes
 from dfm_apps.cli import main
 from dfm_apps.image_metrics import FID_WEIGHTS_URL, LPIPSMetric, MissingWeightsError
-from dfm_apps.scene_protocols import EvalPair, ProtocolConfig, score_images, seeded_pairs
+from dfm_apps.scene_pairs import EvalPair, seeded_pairs
+from dfm_apps.scene_protocols import ProtocolConfig, score_images
 from dfm_render import scene_config
 
 OBJECT_FRAMES = 8
@@ -281,7 +282,7 @@ def test_eval_batch_pairs_map_entries_to_split_positions(hydrants, tmp_path):
     config.data.categories = ["hydrant"]
     dataset = scenes._views_dataset(config, hydrants, "test", 0)
     path = hydrants / "hydrant" / "eval_batches" / "eval_batches_fewview_dev.json"
-    pairs, skipped = scene_protocols.eval_batch_pairs(dataset, path, num_pairs=10, num_context=1)
+    pairs, skipped = scene_pairs.eval_batch_pairs(dataset, path, num_pairs=10, num_context=1)
     batches = json.loads(path.read_text())
     assert skipped == 0 and len(pairs) == len(batches) == 2
     for pair, batch in zip(pairs, batches, strict=True):
@@ -291,13 +292,13 @@ def test_eval_batch_pairs_map_entries_to_split_positions(hydrants, tmp_path):
     # A batch naming a frame outside the split is skipped and counted; a broken one is an error.
     outside = [["nope", 0, "hydrant/nope/images/frame000001.jpg"]] * 2
     (tmp_path / "eb.json").write_text(json.dumps([outside, *batches]))
-    pairs2, skipped2 = scene_protocols.eval_batch_pairs(
+    pairs2, skipped2 = scene_pairs.eval_batch_pairs(
         dataset, tmp_path / "eb.json", num_pairs=10, num_context=1
     )
     assert skipped2 == 1 and pairs2 == pairs
     (tmp_path / "bad.json").write_text(json.dumps([[["s", "0", "p"], ["s", 0, "p"]]]))
     with pytest.raises(ValueError, match=r"bad\.json: batch 0 entry 0"):
-        scene_protocols.eval_batch_pairs(dataset, tmp_path / "bad.json", num_pairs=1, num_context=1)
+        scene_pairs.eval_batch_pairs(dataset, tmp_path / "bad.json", num_pairs=1, num_context=1)
 
 
 def test_pixelsplat_index_pairs(tmp_path):
@@ -313,14 +314,14 @@ def test_pixelsplat_index_pairs(tmp_path):
             }
         )
     )
-    pairs, skipped = scene_protocols.pixelsplat_index_pairs(
+    pairs, skipped = scene_pairs.pixelsplat_index_pairs(
         ["a", "b", "c", "d"], [10, 10, 10, 30], path, num_pairs=10, num_context=1
     )
     assert pairs == [EvalPair(0, "a", (0,), (1,)), EvalPair(1, "b", (1,), (4, 5, 6))]
     assert skipped == 2
     path.write_text(json.dumps({"a": {"context": [0], "target": "1"}}))
     with pytest.raises(ValueError, match=r"index\.json: a: expected"):
-        scene_protocols.pixelsplat_index_pairs(["a"], [10], path, num_pairs=1, num_context=1)
+        scene_pairs.pixelsplat_index_pairs(["a"], [10], path, num_pairs=1, num_context=1)
 
 
 # ----------------------------------------------------------------------------- metrics

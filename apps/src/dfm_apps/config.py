@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from dfm_apps.presets import preset_text
-from dfm_core.projection_problem import ProjectionModelConfig as ModelConfig
+from dfm_core.projection_models import ProjectionModelConfig as ModelConfig
 from dfm_core.projection_problem import ProjectionProblem
 from dfm_core.sampling import SAMPLERS
 from dfm_core.schedules import SCHEDULES, ScheduleConfig

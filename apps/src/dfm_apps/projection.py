@@ -50,16 +50,15 @@ from dfm_apps.config import (
 )
 from dfm_core.diffusion import Context, ForwardDiffusion
 from dfm_core.guidance import classifier_free_guidance
-from dfm_core.projection_problem import (
+from dfm_core.projection_fit import (
     FittedModels,
     PosteriorScores,
-    ProjectionDataset,
-    ProjectionProblem,
-    RegressionBaseline,
     posterior_samples,
     score_samples,
     train_projection_models,
 )
+from dfm_core.projection_models import RegressionBaseline
+from dfm_core.projection_problem import ProjectionDataset, ProjectionProblem
 from dfm_core.sampling import StepInfo, sample
 
 __all__ = [
@@ -98,7 +97,7 @@ Trained = FittedModels
 def train(config: ProjectionConfig, run_dir: Path, *, run_config: dict[str, Any]) -> Trained:
     """Train (or resume, then finish training) the DFM model and the baseline.
 
-    Core's one training path (``dfm_core.projection_problem.train_projection_models``),
+    Core's one training path (``dfm_core.projection_fit.train_projection_models``),
     with this app's run-directory layout: DFM in ``run_dir``, the baseline in
     ``run_dir/baseline``. Resumes from the newest checkpoints; a finished run is not
     trained further. Call on every rank.

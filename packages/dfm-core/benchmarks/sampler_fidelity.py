@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from dfm_core.projection_problem import ProjectionProblem, posterior_samples, score_samples
+from dfm_core.projection_fit import posterior_samples, score_samples
+from dfm_core.projection_problem import ProjectionProblem
 from dfm_core.schedules import NoiseSchedule
 
 PROBLEMS = {

@@ -13,14 +13,14 @@ import time
 import pytest
 import torch
 
-from dfm_core.projection_problem import (
+from dfm_core.projection_fit import (
     ProjectionFitConfig,
-    ProjectionModelConfig,
-    ProjectionProblem,
     fit_projection_models,
     posterior_samples,
     score_samples,
 )
+from dfm_core.projection_models import ProjectionModelConfig
+from dfm_core.projection_problem import ProjectionProblem
 
 # (problem, training). The d=6 case has 4 components: with 6 the same recipe plateaus at
 # about 2.2x the floor (30k steps, batch 512; docs/benchmarks.md), a capacity/compute

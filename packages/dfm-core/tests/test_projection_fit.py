@@ -4,13 +4,9 @@ import pytest
 import torch
 
 from dfm_core.checkpoint import CheckpointMismatchError
-from dfm_core.projection_problem import (
-    ProjectionFitConfig,
-    ProjectionModelConfig,
-    ProjectionProblem,
-    fit_projection_models,
-    problem_record,
-)
+from dfm_core.projection_fit import ProjectionFitConfig, fit_projection_models, problem_record
+from dfm_core.projection_models import ProjectionModelConfig
+from dfm_core.projection_problem import ProjectionProblem
 from dfm_core.schedules import schedule_linear
 
 TINY = ProjectionModelConfig(hidden=8, depth=1, fourier_features=4)

@@ -8,21 +8,22 @@ import torch
 
 from dfm_core.diffusion import Context
 from dfm_core.metrics import energy_distance, sliced_wasserstein
-from dfm_core.projection_problem import (
+from dfm_core.projection_fit import posterior_samples, score_samples
+from dfm_core.projection_models import (
     FourierFeatures,
+    ProjectionPredictor,
+    RegressionBaseline,
+    context_correction,
+)
+from dfm_core.projection_problem import (
     GaussianMixture,
     ProjectionDataset,
-    ProjectionPredictor,
     ProjectionProblem,
-    RegressionBaseline,
     SubspaceProjection,
     complement_projections,
-    context_correction,
     exact_denoiser,
     exact_posterior,
-    posterior_samples,
     random_projections,
-    score_samples,
 )
 from dfm_core.sampling import sample_ddim, sample_dpmpp_2m
 from dfm_core.schedules import NoiseSchedule
@@ -548,3 +549,14 @@ def test_score_medians_are_per_context_ratios():
         means["dfm"].mean() / means["exact_dfm"].mean(), rel=1e-12
     )
     assert math.isnan(scores.baseline) and math.isnan(scores.baseline_median_ratio)
+
+
+def test_names_moved_out_of_the_module_still_import_with_a_warning() -> None:
+    import dfm_core.projection_fit
+    import dfm_core.projection_problem as old_home
+
+    with pytest.warns(FutureWarning, match="dfm_core.projection_fit.score_samples"):
+        moved = old_home.score_samples
+    assert moved is dfm_core.projection_fit.score_samples
+    with pytest.raises(AttributeError, match="no_such_name"):
+        old_home.no_such_name  # noqa: B018
