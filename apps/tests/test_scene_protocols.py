@@ -246,11 +246,16 @@ def test_room_candidates_recognise_the_true_back_wall(rooms):
             )
             assert hidden.sum() >= 16
             frame = (item.target.images[:, 0] + 1) / 2
-            nearest, real, _ = scene_heldout.classify_backs(frame, candidates, hidden, margin)
-            assert nearest.item() == truth["clips"][clip]["hidden_index"] and real.item()
-            other = (nearest.item() + 1) % len(candidates)
-            blend = (candidates[nearest.item()] + candidates[other])[None] / 2
-            assert not scene_heldout.classify_backs(blend, candidates, hidden, margin)[1].item()
+            for measure in scene_heldout.BACK_MEASURES:
+                nearest, real, _ = scene_heldout.classify_backs(
+                    frame, candidates, hidden, margin, measure=measure
+                )
+                assert nearest.item() == truth["clips"][clip]["hidden_index"] and real.item()
+                other = (nearest.item() + 1) % len(candidates)
+                blend = (candidates[nearest.item()] + candidates[other])[None] / 2
+                assert not scene_heldout.classify_backs(
+                    blend, candidates, hidden, margin, measure=measure
+                )[1].item()
             # The first camera never sees the wall behind it (that is the ambiguity).
             item0 = scene_protocols._views_at(dataset, EvalPair(index, clip, (0,), (0,)))
             _, hidden0 = scene_protocols.room_palette_candidates(dataset, truth, index, item0)

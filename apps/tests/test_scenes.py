@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,10 +65,12 @@ def test_views_become_a_patch_batch_for_the_3d_model(world):
     torch.testing.assert_close(batch.context.params.c2w[:, 0], torch.eye(4).expand(2, 4, 4))
 
 
-def test_the_hidden_side_oracle_recognises_the_true_back_colour(world):
+@pytest.mark.parametrize("measure", scene_heldout.BACK_MEASURES)
+def test_the_hidden_side_oracle_recognises_the_true_back_colour(world, measure):
     """The repainted exact renders agree with the loader's image only for the true colour."""
     config, views, truth = world
     back = 4  # half of the 8-frame orbit: the view from behind
+    margin = config.evaluation.palette_margin
     for index in range(len(views)):
         name = views.sequences[index][1]
         item = views.views_at(index, [0], [back])
@@ -75,18 +78,48 @@ def test_the_hidden_side_oracle_recognises_the_true_back_colour(world):
         assert hidden.sum() > 10  # the back view shows the hidden half
         image = (item.target.images[:, 0] + 1) / 2
         true_index = truth["sequences"][name]["hidden_index"]
-        margin = config.evaluation.palette_margin
-        nearest, real, _ = scene_heldout.classify_backs(image, candidates, hidden, margin)
+        nearest, real, _ = scene_heldout.classify_backs(
+            image, candidates, hidden, margin, measure=measure
+        )
         assert nearest.item() == true_index and real.item()
         # An even blend of the true colour and another is close to both, and counts as neither.
         other = (true_index + 1) % len(candidates)
         blend = (candidates[true_index] + candidates[other])[None] / 2
-        _, blend_real, _ = scene_heldout.classify_backs(blend, candidates, hidden, margin)
+        _, blend_real, _ = scene_heldout.classify_backs(
+            blend, candidates, hidden, margin, measure=measure
+        )
         assert not blend_real.item()
+        # The colour measure reads the back's colour, not where its shading falls: the true
+        # back with its hidden pixels shuffled keeps its colour; per pixel it is another image.
+        shuffled = image.clone()
+        pixels = shuffled[..., hidden]
+        shuffled[..., hidden] = pixels[..., torch.randperm(pixels.shape[-1])]
+        distance = scene_heldout.back_distances(shuffled, candidates, hidden, measure)[0]
+        unshuffled = scene_heldout.back_distances(image, candidates, hidden, measure)[0]
+        if measure == "colour":
+            torch.testing.assert_close(distance, unshuffled)
+        else:
+            assert distance[true_index] > unshuffled[true_index] + 0.01
     # The front view shows no hidden pixel (that is the ambiguity).
     item = views.views_at(0, [0], [0])
     _, hidden = scene_heldout.palette_candidates(views, truth, 0, item)
     assert hidden.sum() == 0
+
+
+def test_back_colour_distance_is_that_of_the_mean_colours():
+    """float64 re-computation of the colour measure, and its typed error."""
+    generator = torch.Generator().manual_seed(5)
+    images = torch.rand(3, 3, 6, 6, generator=generator)
+    candidates = torch.rand(4, 3, 6, 6, generator=generator)
+    hidden = torch.rand(6, 6, generator=generator) > 0.4
+    # Mixed precision, as the protocols' quantised float64 renders against float32 candidates.
+    got = scene_heldout.back_distances(images.double(), candidates, hidden, "colour")
+    img = images.double().numpy()[..., hidden.numpy()].mean(-1)  # (N, 3)
+    cand = candidates.double().numpy()[..., hidden.numpy()].mean(-1)  # (P, 3)
+    expected = np.sqrt(((img[:, None] - cand[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="measure"):
+        scene_heldout.back_distances(images, candidates, hidden, "hue")
 
 
 def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):

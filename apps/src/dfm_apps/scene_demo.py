@@ -441,7 +441,7 @@ def run_demo(
         ["visible side PSNR (dB)", f"{scores['dfm_visible_psnr']:.2f}",
          f"{scores['baseline_visible_psnr']:.2f}"],
         ["visible side SSIM", f"{mean['dfm_ssim']:.3f}", f"{mean['base_ssim']:.3f}"],
-        ["backs that are a palette colour", f"{scores['dfm_real_colour']:.2f}",
+        ["backs whose colour is a palette colour", f"{scores['dfm_real_colour']:.2f}",
          f"{scores['baseline_real_colour']:.2f}"],
         ["distinct colours among the K samples", f"{scores['dfm_distinct_colours']:.2f}",
          "1 at most"],

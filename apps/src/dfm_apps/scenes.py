@@ -190,9 +190,10 @@ class SceneEvaluationConfig:
     world_seed: int = 1000
     """Seed of the held-out world (never used in training)."""
     palette_margin: float = 1 / 3
-    """A sample's back counts as palette colour p when its RMS distance to the truth painted p
-    is at most this fraction of the distance from that render to the nearest other colour's
-    (an even blend of two colours lies at 1/2: never counted)."""
+    """A sample's back counts as palette colour p when its colour (mean over the hidden pixels)
+    is within this fraction of the distance from the truth painted p to the nearest other
+    colour's (an even blend of two colours lies at 1/2: never counted; the stricter per-pixel
+    figure uses the RMS over the hidden pixels; ``scene_heldout.classify_backs``)."""
     videos: bool = True
     """Write turntable and depth videos (mp4 + gif) of every sample."""
     reconstruction_weight: float = 0.0
