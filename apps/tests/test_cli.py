@@ -70,6 +70,29 @@ def test_rerunning_the_demo_resumes_without_retraining(
     )
     assert _metric_steps(run_dir) == [1, 2, 3, 4, 5, 6]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"] == 6
+    assert "trainer.max_steps 4 -> 6 at step 4" in capsys.readouterr().err
+
+
+def test_resuming_with_another_length_says_where_the_learning_rate_goes() -> None:
+    """The cosine's closed form at the saved step under the old and the new max_steps."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    from dfm_apps.runs import schedule_change_note
+
+    optimizer = {"lr": 2e-4, "warmup_steps": 500, "schedule": "cosine", "min_lr_ratio": 0.1}
+    stored = OmegaConf.create({"trainer": {"max_steps": 9000, "optimizer": optimizer}})
+    longer = OmegaConf.merge(stored, {"trainer": {"max_steps": 13000}})
+    low = 2e-4 * 0.1
+    now = low + (2e-4 - low) * 0.5 * (1 + math.cos(math.pi * (9000 - 500) / (13000 - 500)))
+    note = schedule_change_note(stored, longer, 9000)
+    assert note is not None and f"{low:.3g} -> {now:.3g}" in note and "9000 -> 13000" in note
+    assert schedule_change_note(stored, stored, 9000) is None  # same length: nothing to say
+    assert schedule_change_note(stored, longer, None) is None  # nothing trained yet
+    constant = OmegaConf.merge(stored, {"trainer": {"optimizer": {"schedule": "constant"}}})
+    constant_longer = OmegaConf.merge(constant, {"trainer": {"max_steps": 13000}})
+    assert schedule_change_note(constant, constant_longer, 9000) is None  # no schedule to move
 
 
 def test_train_refuses_to_reshape_a_run(

@@ -10,13 +10,14 @@ submitit launcher set.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dfm_apps import report
 from dfm_apps.applications import application
@@ -31,6 +32,7 @@ from dfm_apps.config import (
     validate,
 )
 from dfm_core.checkpoint import config_differences, list_checkpoints, read_checkpoint_config
+from dfm_core.optim import OptimizerConfig, learning_rate_at
 
 __all__ = [
     "CONFIG_FILE",
@@ -58,6 +60,33 @@ def checkpoint_step(run_dir: Path) -> int | None:
     """Step of the newest complete DFM checkpoint of a run, or None."""
     found = list_checkpoints(run_dir / "checkpoints")
     return found[-1][0] if found else None
+
+
+def schedule_change_note(stored: Any, config: Any, step: int | None) -> str | None:
+    """One line for a resume that changes ``trainer.max_steps`` under a decaying schedule.
+
+    The learning rate is a function of (step, max_steps) (``dfm_core.optim.learning_rate_at``),
+    so a run resumed with another ``max_steps`` continues on the schedule a run planned that
+    long has at the saved step: not the rate the saved run ended at (a cosine stretched
+    longer steps the rate back up). Said once, with both rates, so it is never a surprise.
+    """
+    old = OmegaConf.select(stored, "trainer.max_steps")
+    new = OmegaConf.select(config, "trainer.max_steps")
+    if step is None or old is None or old == new:
+        return None
+    optimizers = [OmegaConf.select(c, "trainer.optimizer") for c in (stored, config)]
+    if any(o is None for o in optimizers):
+        return None
+    was_config, now_config = (OptimizerConfig(**OmegaConf.to_container(o)) for o in optimizers)
+    if was_config.schedule == now_config.schedule == "constant":
+        return None
+    was = learning_rate_at(was_config, step, old)
+    now = learning_rate_at(now_config, step, new)
+    return (
+        f"dfm: trainer.max_steps {old} -> {new} at step {step}: the learning rate follows the "
+        f"{new}-step schedule from here, {was:.3g} -> {now:.3g} (what a run planned {new} "
+        "steps long has at this step)"
+    )
 
 
 def _with_schema_defaults(saved: Any) -> Any:
@@ -130,6 +159,9 @@ def resolve_config(
                 f"cannot change {', '.join(changed)} when resuming {run_dir}: the checkpoints "
                 "were trained with the saved values; start a new --run-dir instead"
             )
+        note = schedule_change_note(stored, config, checkpoint_step(run_dir))
+        if note:
+            print(note, file=sys.stderr)
         return config
     config = load_preset(preset, overrides)
     if not resume and run_dir is not None:
