@@ -39,6 +39,7 @@ ROWS = (
     ("backs whose colour is a palette colour", "real_colour", "baseline_real_colour", "{:.3f}"),
     ("backs whose every pixel is (stricter)", "real_colour_pixels", None, "{:.3f}"),
     ("distinct colours among K", "distinct", None, "{:.2f}"),
+    ("distinct nearest colours among K, counted or not", "distinct_nearest", None, "{:.2f}"),
     ("chi-squared p (pooled counts)", "palette_p", None, "{:.3g}"),
 )
 

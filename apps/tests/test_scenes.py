@@ -130,7 +130,8 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "dfm_visible_psnr" in printed and "real_colour" in printed
     scores = json.loads((run / "scores.json").read_text())
-    for key in ("dfm_visible_psnr", "baseline_visible_psnr", "real_colour", "distinct"):
+    keys = ("dfm_visible_psnr", "baseline_visible_psnr", "real_colour", "real_colour_pixels")
+    for key in (*keys, "distinct", "distinct_nearest"):
         assert isinstance(scores[key], float)
     assert (run / "checkpoints").is_dir() and (run / "baseline" / "checkpoints").is_dir()
     report = (run / "report.html").read_text()

@@ -14,7 +14,8 @@ used in training:
   "is" the nearest palette colour when it is within ``evaluation.palette_margin`` of it
   (``classify_backs``: a real colour, not a blend). Reported: the fraction of such samples
   (and, stricter, of those whose every hidden pixel is that close: ``real_colour_pixels``),
-  the mean number of distinct colours among the K samples of an object, and a chi-squared
+  the mean number of distinct colours among the K samples of an object (and of distinct
+  nearest colours, counted or not: whether the samples differ at all), and a chi-squared
   test of the pooled counts against uniform.
 
 ``evaluate_world`` writes the picture of the backs, turntable and depth videos, the
@@ -299,7 +300,7 @@ def evaluate_world(
     stats: dict[str, list[float]] = {
         "dfm_visible_psnr": [], "dfm_visible_ssim": [], "baseline_visible_psnr": [],
         "baseline_visible_ssim": [], "real_colour": [], "distinct": [], "baseline_real_colour": [],
-        "real_colour_pixels": [],
+        "real_colour_pixels": [], "distinct_nearest": [],
         "dfm_back_rmse_best": [], "dfm_visible_depth_error": [],
         "baseline_visible_depth_error": [],
     }  # fmt: skip
@@ -367,6 +368,7 @@ def evaluate_world(
         real_pixels = classify_backs(backs, candidates, hidden, ev.palette_margin, measure="pixels")
         stats["real_colour_pixels"] += real_pixels[1].float().tolist()
         stats["distinct"].append(float(len(set(nearest[real].tolist()))))
+        stats["distinct_nearest"].append(float(len(set(nearest.tolist()))))
         palette_counts += np.bincount(nearest[real].numpy(), minlength=len(palette_counts))
         base_back = render_at(renderer, base_scene, batch.target_params)
         base_rgb = (base_back.observation.clamp(-1, 1) + 1) / 2
@@ -580,6 +582,7 @@ def _score_table(scores: dict[str, Any]) -> tuple[str, list[str], list[list[str]
         ["backs whose colour is a palette colour", f("real_colour"), f("baseline_real_colour")],
         ["backs whose every pixel is (stricter)", f("real_colour_pixels"), ""],
         ["distinct colours among the K samples", f("distinct"), "1 at most"],
+        ["distinct nearest colours among the K, counted or not", f("distinct_nearest"), ""],
         ["chi-squared p of pooled colours vs uniform", f("palette_p", 3), ""],
     ]
     return ("scores", ["", "DFM", "baseline"], rows)
