@@ -159,9 +159,6 @@ def resolve_config(
                 f"cannot change {', '.join(changed)} when resuming {run_dir}: the checkpoints "
                 "were trained with the saved values; start a new --run-dir instead"
             )
-        note = schedule_change_note(stored, config, checkpoint_step(run_dir))
-        if note:
-            print(note, file=sys.stderr)
         return config
     config = load_preset(preset, overrides)
     if not resume and run_dir is not None:
@@ -208,6 +205,13 @@ def execute(config: Mapping[str, Any] | DictConfig, run_dir: str | Path) -> dict
     yaml_text = to_yaml(structured)
     check_checkpoint_config(run_dir, plain)
     if _rank() == 0:
+        saved = run_dir / CONFIG_FILE
+        if saved.is_file():  # resuming: said once the run is known to fit its checkpoints
+            note = schedule_change_note(
+                load_run_config(saved), structured, checkpoint_step(run_dir)
+            )
+            if note:
+                print(note, file=sys.stderr)
         _write_config(run_dir, yaml_text)
     app = application(settings.app)
     trained = app.train(settings, run_dir, run_config=plain)
