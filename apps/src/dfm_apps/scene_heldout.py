@@ -362,11 +362,13 @@ def evaluate_world(
         # Hidden side: the back view of each sample against the repainted truths.
         candidates, hidden = palette_candidates(views, truth, index, item)
         backs = (out.observation.clamp(-1, 1) + 1) / 2  # (K, 3, H, W): the target is the back
-        nearest, real, best = classify_backs(backs, candidates, hidden, ev.palette_margin)
-        stats["dfm_back_rmse_best"] += best.tolist()
+        nearest, real, _ = classify_backs(backs, candidates, hidden, ev.palette_margin)
         stats["real_colour"] += real.float().tolist()
-        real_pixels = classify_backs(backs, candidates, hidden, ev.palette_margin, measure="pixels")
-        stats["real_colour_pixels"] += real_pixels[1].float().tolist()
+        _, real_pixels, rmse = classify_backs(
+            backs, candidates, hidden, ev.palette_margin, measure="pixels"
+        )
+        stats["real_colour_pixels"] += real_pixels.float().tolist()
+        stats["dfm_back_rmse_best"] += rmse.tolist()  # per-pixel RMS, as before the colour measure
         stats["distinct"].append(float(len(set(nearest[real].tolist()))))
         stats["distinct_nearest"].append(float(len(set(nearest.tolist()))))
         palette_counts += np.bincount(nearest[real].numpy(), minlength=len(palette_counts))
