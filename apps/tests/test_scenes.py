@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from dfm_apps import scene_heldout, scenes
+from dfm_apps.applications import init_from_run
 from dfm_apps.cli import main
+from dfm_apps.config import load_run_config, validate
 
 TINY = [
     "data.world.n_sequences=6",
@@ -189,6 +191,41 @@ def test_dfm_train_objects_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert pooled.keys() == whole.keys()
     for key, value in whole.items():
         assert pooled[key] == pytest.approx(value, rel=1e-6, nan_ok=True), key  # float32 scores
+    # Fine-tuning (`init_from`) into a model with the learned view pooling: every tensor of
+    # the source run carries over and the new zero head makes the new model start equal to it.
+    capsys.readouterr()
+    tuned = tmp_path / "runs" / "tuned"
+    learned = ["model.field.view_pooling=learned", f"init_from={run}"]
+    quick = [*fast, "evaluation.num_scenes=1", "evaluation.videos=false", "evaluation.export=false"]
+    argv = ["train", "objects-demo", "--run-dir", str(tuned), "data.root=data/w", *TINY, *quick]
+    assert main([*argv, *learned]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "init_from ->" in line]
+    assert len(notes) == 2 and "kept" not in notes[0]  # the baseline: nothing new
+    assert notes[1].endswith("kept at their initialisation: predictor.field.view_logit.weight")
+    source = scenes.load_models(validate(load_run_config(run / "config.yaml")), run)
+    config = validate(load_run_config(tuned / "config.yaml"))
+    fresh, _ = scenes.build_models(config)
+    init_from_run(fresh, run)
+    assert not fresh.predictor.field.view_logit.weight.any()
+    batch = scenes.scene_batch_from_views(
+        scenes._views_dataset(config, tmp_path / "data" / "w", "train", 0).views_at(
+            0, [0], [3], []
+        ),
+        patch_size=None,
+    )
+    with torch.no_grad():
+        t, x_t = torch.tensor([500.0]), torch.zeros_like(batch.target)
+        outputs = [
+            m.eval().denoise(x_t, t, m.condition(batch.context, batch.target_params)).x0
+            for m in (source.diffusion, fresh)
+        ]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    # Weights of another shape: one line naming the tensor.
+    other = tmp_path / "runs" / "other"
+    assert main([*argv[:3], str(other), *argv[4:], f"init_from={run}", "model.field.width=16"]) == 1
+    errors = [x for x in capsys.readouterr().err.splitlines() if not re.match(r"dfm: \S+ -> ", x)]
+    assert len(errors) == 1 and errors[0].startswith("dfm: error: init_from: ")
+    assert "'field.blocks.0.fc_0.bias' has shape (64,)" in errors[0]
 
 
 def test_loader_poses_and_the_models_rays_agree_with_the_world(world):

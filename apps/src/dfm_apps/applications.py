@@ -27,7 +27,8 @@ Modules are imported on first use (``dfm --help`` stays fast).
 
 The scaffolding every application shares lives here too: ``Trained``, the two-phase
 ``train_baseline_then_dfm`` (deterministic baseline first, then DFM, each resumable),
-``load_ema_models``, ``read_metrics`` and ``write_text_atomic``.
+``load_ema_models``, ``init_from_run`` (fine-tuning from another run), ``read_metrics`` and
+``write_text_atomic``.
 """
 
 from __future__ import annotations
@@ -126,6 +127,50 @@ def newest_checkpoint(run_dir: Path) -> tuple[int, Path]:
     if not found:
         raise CheckpointError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")
     return found[-1]
+
+
+class InitWeightsError(ValueError):
+    """A run's weights do not fit the model a new run starts from them (``init_from_run``)."""
+
+
+def init_from_run(model: nn.Module, source_dir: Path) -> tuple[int, list[str]]:
+    """Start a fresh model from the EMA weights of another run's newest complete checkpoint.
+
+    For fine-tuning, e.g. from a run trained before an addition to the architecture: the
+    tensors the source lacks keep their initialisation (an addition that starts as a no-op,
+    such as a zero-initialised head, then starts the new model equal to the old one).
+
+    Args:
+        model: a freshly built model (modified in place).
+        source_dir: the source run's directory (holding ``checkpoints/``).
+
+    Returns:
+        The source checkpoint's step and the names of the model's tensors it lacks.
+
+    Raises:
+        CheckpointError: the source has no complete checkpoint.
+        InitWeightsError: a source tensor the model lacks, or of another shape (names both).
+    """
+    from dfm_core.checkpoint import load_weights
+
+    step, path = newest_checkpoint(source_dir)
+    state = load_weights(path, ema=True)[0]
+    own = model.state_dict()
+    for name, value in state.items():
+        if name not in own:
+            raise InitWeightsError(f"{path}: tensor {name!r} has no place in this model")
+        if own[name].shape != value.shape:
+            raise InitWeightsError(
+                f"{path}: tensor {name!r} has shape {tuple(value.shape)}, this model's "
+                f"{tuple(own[name].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    return step, sorted(set(own) - set(state))
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of its job (or not distributed at all)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @dataclass
@@ -277,7 +322,7 @@ def wait_unless_rank_zero(marker: Path, what: str, *, timeout_s: float = 3600.0)
     Raises:
         TimeoutError: rank 0 did not finish within ``timeout_s``.
     """
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_rank_zero():
         return False
     deadline = time.monotonic() + timeout_s
     while not marker.is_file():

@@ -32,6 +32,7 @@ Scoring on the objects world (the hidden back of each object is known and render
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,10 @@ import torch
 from torch.utils.data import Dataset
 
 from dfm_apps.applications import (
+    InitWeightsError,
     Trained,
+    init_from_run,
+    is_rank_zero,
     load_ema_models,
     train_baseline_then_dfm,
     wait_unless_rank_zero,
@@ -269,6 +273,13 @@ class ScenesConfig:
     """Optimiser steps of the baseline (same trainer settings otherwise)."""
     init_from_baseline: bool = True
     """Start DFM from the trained baseline (the paper's CO3D recipe)."""
+    init_from: str | None = None
+    """Fine-tune: a run directory whose newest EMA weights start this (fresh) run, its
+    baseline's the baseline and its DFM's DFM (instead of this run's baseline). Tensors it
+    lacks keep their initialisation and are named on stderr (e.g. the zero-initialised head of
+    ``model.field.view_pooling=learned``, which then starts equal to the source's mean); a
+    tensor this model lacks or of another shape is an error. Unused once this run has
+    checkpoints."""
     evaluation: SceneEvaluationConfig = field(default_factory=SceneEvaluationConfig)
     """Sampling and scoring."""
     num_threads: int | None = None
@@ -285,10 +296,10 @@ class ScenesConfig:
 
 CONFIG = ScenesConfig
 FROZEN = ("app", "model")
+"""Config sections that fix the weights: a resumed run or ``dfm sample`` may not change them."""
 SAMPLING_KEYS = ("model.renderer.field_dtype",)
 """Keys under ``FROZEN`` that ``dfm sample``/``eval`` may still override: they change how
 the trained field is evaluated (bfloat16 matmuls), not its weights."""
-"""Config sections that fix the weights: a resumed run or ``dfm sample`` may not change them."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -490,10 +501,16 @@ def train(config: ScenesConfig, run_dir: Path, *, run_config: dict[str, Any]) ->
         check_protocol_weights(config.evaluation.protocol)
     dataset = training_set(config)
     diffusion, baseline = build_models(config)
+    source = None if config.init_from is None else Path(config.init_from)
+    if source is not None and not list_checkpoints(run_dir / BASELINE_DIR / "checkpoints"):
+        _init_from(baseline, source / BASELINE_DIR, "baseline")
 
-    def init_from_baseline(base_trainer: Trainer) -> None:
-        fresh = not list_checkpoints(run_dir / "checkpoints")
-        if fresh and config.init_from_baseline:
+    def init_dfm(base_trainer: Trainer) -> None:
+        if list_checkpoints(run_dir / "checkpoints"):
+            return  # resuming: the checkpoint has the weights
+        if source is not None:
+            _init_from(diffusion, source, "DFM")
+        elif config.init_from_baseline:
             load_baseline_into(diffusion.predictor, base_trainer.ema_model().state_dict())
 
     return train_baseline_then_dfm(
@@ -504,10 +521,21 @@ def train(config: ScenesConfig, run_dir: Path, *, run_config: dict[str, Any]) ->
         baseline_steps=config.baseline_steps,
         run_dir=run_dir,
         baseline_dir=run_dir / BASELINE_DIR,
-        before_dfm=init_from_baseline,
+        before_dfm=init_dfm,
         collate_fn=collate_scene_batches,
         run_config=run_config,
     )
+
+
+def _init_from(model: torch.nn.Module, source: Path, what: str) -> None:
+    """Start ``model`` from ``source``'s newest EMA weights (``init_from``) and say so."""
+    try:
+        step, kept = init_from_run(model, source)
+    except InitWeightsError as error:
+        raise InitWeightsError(f"init_from: {error}") from None
+    if is_rank_zero():
+        fresh = f"; kept at their initialisation: {', '.join(kept)}" if kept else ""
+        print(f"dfm: init_from -> {what} from {source} (step {step}){fresh}", file=sys.stderr)
 
 
 def load_models(config: ScenesConfig, run_dir: Path) -> Trained:

@@ -19,7 +19,7 @@ from dfm_core.diffusion import LossInputs
 from dfm_core.sampling import sample_ddim
 from dfm_core.trainer import NoGradientWarning, Trainer, TrainerConfig
 from dfm_render.cameras import crop_patches, project_points
-from dfm_render.field import FieldConfig
+from dfm_render.field import FieldConfig, pool_views
 from dfm_render.losses import DetLoss, LPIPSLoss, MissingWeightsError, edge_aware_smoothness
 from dfm_render.model import load_baseline_into, make_scene_batch
 from dfm_render.presets import SCENE_PRESETS, scene_config
@@ -148,6 +148,69 @@ def test_split_first_layer_equals_the_concatenated_original():
     inside = (proj.depth[0] > 0) & ((proj.uv[0] >= 0) & (proj.uv[0] <= 1)).all(-1)
     assert inside.any()
     torch.testing.assert_close(captured["h"][0][inside], expected[inside], rtol=1e-10, atol=1e-10)
+
+
+def test_view_pooling_is_a_softmax_over_the_views_that_see_the_point():
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)  # (B, V, P, W)
+    logits = torch.randn(2, 3, 5, generator=g, dtype=torch.float64) * 2
+    valid = torch.rand(2, 3, 5, generator=g) < 0.6
+    valid[0, :, 0] = False  # a point no view sees
+    valid[1, :, 1] = torch.tensor([False, True, False])  # a point one view sees...
+    logits[1, 0, 1] = 50.0  # ...whatever an unseen view scores
+    for scores in (logits, None):
+        pooled = pool_views(hidden, valid, scores)
+        for b in range(2):
+            for p in range(5):
+                views = [v for v in range(3) if valid[b, v, p]] or [0, 1, 2]
+                s = [0.0 if scores is None else float(scores[b, v, p]) for v in views]
+                w = [math.exp(x - max(s)) for x in s]
+                expected = sum(wi * hidden[b, v, p] for wi, v in zip(w, views, strict=True)) / sum(
+                    w
+                )
+                torch.testing.assert_close(pooled[b, p], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_learned_pooling_starts_as_the_mean_then_learns_which_view_to_trust():
+    mean_cfg = FieldConfig(
+        feature_channels=6, width=8, num_blocks=2, combine_layer=1, time_embed_dim=8
+    )
+    learned_cfg = dataclasses.replace(mean_cfg, view_pooling="learned")
+    mean_field, learned_field = mean_cfg.build().double(), learned_cfg.build().double()
+    randomise(mean_field)
+    # A mean-pooling field's weights load into the learned one; only the zero head is new.
+    missing = learned_field.load_state_dict(mean_field.state_dict(), strict=False).missing_keys
+    assert missing == ["view_logit.weight"]
+    assert not learned_field.view_logit.weight.any()
+    g = torch.Generator().manual_seed(1)
+    maps = torch.randn(1, 3, 8, 5, 7, generator=g, dtype=torch.float64)
+    c2w, K = orbit(1, 3).double(), intrinsics(1, 3).double()
+    points = torch.randn(1, 11, 3, generator=g, dtype=torch.float64) * 0.5
+    times = mean_field.time_embedding(torch.tensor([[0.0, 0.0, 300.0]], dtype=torch.float64))
+    before = mean_field(points, maps, c2w, K, times)
+    start = learned_field(points, maps, c2w, K, times)
+    torch.testing.assert_close(start.rgb, before.rgb, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(start.density, before.density, rtol=1e-12, atol=1e-12)
+    # The zero head still gets a gradient (views differ), and a non-zero head re-weights them
+    # exactly as pool_views with its logits does.
+    start.rgb.sum().backward()
+    assert learned_field.view_logit.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        learned_field.view_logit.weight.normal_(generator=g)
+        hidden, valid = learned_field.per_view(points, maps, c2w, K, times)
+        logits = hidden @ learned_field.view_logit.weight[0]  # (B, V, P)
+        pooled = pool_views(hidden, valid, logits)
+        for block in learned_field.blocks[1:]:
+            pooled = block(pooled, times[:, -1:])
+        raw = learned_field.lin_out(F.relu(pooled))
+        trained = learned_field(points, maps, c2w, K, times)
+    torch.testing.assert_close(trained.rgb, torch.sigmoid(raw[..., :3]), rtol=1e-12, atol=1e-12)
+    assert (trained.rgb - before.rgb).abs().max() > 1e-3
+
+
+def test_unknown_view_pooling_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"FieldConfig\.view_pooling.*'max'"):
+        FieldConfig(view_pooling="max")
 
 
 @pytest.mark.parametrize(
@@ -429,10 +492,12 @@ def collate(items):
     return tree_cat(items)
 
 
-@pytest.mark.parametrize("preset", sorted(SCENE_PRESETS))
+@pytest.mark.parametrize("preset", [*sorted(SCENE_PRESETS), "objects-demo+learned-pooling"])
 @pytest.mark.parametrize("model_kind", ["dfm", "baseline"])
 def test_every_preset_trains_on_cpu_and_every_parameter_learns(preset, model_kind, tmp_path):
-    cfg = tiny_config(preset)
+    cfg = tiny_config(preset.removesuffix("+learned-pooling"))
+    if preset.endswith("+learned-pooling"):
+        cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, view_pooling="learned"))
     model = cfg.build() if model_kind == "dfm" else cfg.build_baseline()
     dataset = BatchDataset(cfg, contexts=cfg.num_context)
     trainer = Trainer(

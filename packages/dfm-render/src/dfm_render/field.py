@@ -3,8 +3,9 @@
 A 3D point x is taken into every view's camera frame, positionally encoded there, and paired
 with the feature read at its projection in that view's feature map (pixelNeRF, Yu et al. 2021).
 Each (point, view) pair runs through the first ``combine_layer`` residual blocks on its own,
-the blocks are mean-pooled over the views that see the point, and the remaining blocks map the
-pooled code to RGB, density and optional feature channels. Every block is FiLM-modulated by the
+the blocks are pooled over the views that see the point (a mean, or with
+``FieldConfig.view_pooling = "learned"`` a softmax-weighted mean whose weights the field learns),
+and the remaining blocks map the pooled code to RGB, density and optional feature channels. Every block is FiLM-modulated by the
 view's diffusion time (DFM, Tewari et al. 2023, section 3.2 and Fig. 2): context views carry
 t = 0, the noisy target view its denoising t; after pooling the target's time conditions.
 
@@ -34,7 +35,9 @@ from dfm_render.cameras import project_points
 from dfm_render.encoding import PositionalEncoding
 from dfm_render.pixel_features import sample_pixel_features
 
-__all__ = ["FieldConfig", "FieldOutput", "RadianceFieldMLP"]
+__all__ = ["VIEW_POOLINGS", "FieldConfig", "FieldOutput", "RadianceFieldMLP", "pool_views"]
+
+VIEW_POOLINGS = ("mean", "learned")
 
 
 @dataclass
@@ -59,6 +62,16 @@ class FieldConfig:
     """Base frequency of the positional encoding: frequencies freq_factor * 2^k."""
     density_shift: float = -1.0
     """density = softplus(raw + shift); a negative shift starts the field near-empty."""
+    view_pooling: str = "mean"
+    """How the per-view codes are combined after ``combine_layer`` blocks. ``"mean"``: the plain
+    mean over the views that see the point (pixelNeRF, the original DFM). ``"learned"``: a
+    softmax-weighted mean whose logits a linear head reads from each view's code. The head
+    starts at zero, so a learned-pooling field starts equal to the mean-pooling one (and can be
+    fine-tuned from its weights); it can then learn which view to trust at a point, e.g. the
+    target view over a context view that sees the point only through the surface in front of
+    it (the mean blends the two: an object's hidden back takes on its front's colour). In
+    dfm-render's models it applies to DFM's joint field (context views and the noisy target);
+    the context-only fields (O_det's, the baseline's) keep the mean."""
 
     def __post_init__(self) -> None:
         for name in ("feature_channels", "width", "num_blocks", "time_embed_dim"):
@@ -72,6 +85,11 @@ class FieldConfig:
         if self.output_features < 0:
             raise ValueError(
                 f"FieldConfig.output_features: expected >= 0, got {self.output_features}"
+            )
+        if self.view_pooling not in VIEW_POOLINGS:
+            raise ValueError(
+                f"FieldConfig.view_pooling: expected one of {', '.join(VIEW_POOLINGS)}, "
+                f"got {self.view_pooling!r}"
             )
 
     def build(self) -> RadianceFieldMLP:
@@ -182,6 +200,11 @@ class RadianceFieldMLP(nn.Module):
             ResnetBlockFC(c.width, c.time_embed_dim) for _ in range(c.num_blocks)
         )
         self.lin_out = nn.Linear(c.width, 4 + c.output_features)
+        if c.view_pooling == "learned":
+            # Zero-initialised: every view's logit is 0, i.e. the plain mean (FieldConfig). No
+            # bias: a logit shared by every view cancels in the softmax.
+            self.view_logit = nn.Linear(c.width, 1, bias=False)
+            nn.init.zeros_(self.view_logit.weight)
 
     # ---- per feature map ---------------------------------------------------------------
     def project_features(self, features: Tensor) -> Tensor:
@@ -265,13 +288,8 @@ class RadianceFieldMLP(nn.Module):
             )
             h = torch.cat([cached[0].to(h_new.dtype), h_new], dim=1)
             valid = torch.cat([cached[1], valid_new], dim=1)
-        # Mean over the views that see the point (the original averages every view, seen or
-        # not, because it border-pads); a point no view sees keeps the plain mean.
-        weight = valid.to(h.dtype)[..., None]  # (B, V, P, 1)
-        seen = weight.sum(dim=1)  # (B, P, 1)
-        pooled = torch.where(
-            seen > 0, (h * weight).sum(dim=1) / seen.clamp(min=1.0), h.mean(dim=1)
-        )  # (B, P, W)
+        logits = self.view_logit(h).squeeze(-1) if cfg.view_pooling == "learned" else None
+        pooled = pool_views(h, valid, logits)  # (B, P, W)
         target_time = time_embedding[:, -1, None, :]  # (B, 1, T)
         for block in self.blocks[cfg.combine_layer :]:
             pooled = block(pooled, target_time)
@@ -283,3 +301,31 @@ class RadianceFieldMLP(nn.Module):
         rgb = torch.sigmoid(out[..., :3])
         features = out[..., 4:] if cfg.output_features else None
         return FieldOutput(density=density, rgb=rgb, features=features)
+
+
+def pool_views(hidden: Tensor, valid: Tensor, logits: Tensor | None = None) -> Tensor:
+    """Combine per-view codes into one per point: a weighted mean over the views that see it.
+
+    The weights are ``softmax(logits)`` over the views that see the point (``logits`` None: all
+    equal, the plain mean). A point no view sees takes the softmax over every view (the plain
+    mean without logits). The original averages every view, seen or not, because it
+    border-pads.
+
+    Args:
+        hidden: (B, V, P, W) per-view codes.
+        valid: (B, V, P) bool, the view sees the point.
+        logits: (B, V, P) per-view scores, or None.
+
+    Returns:
+        (B, P, W) in ``hidden``'s dtype; the weights are computed in float32 at least.
+    """
+    if logits is None:
+        logits = torch.zeros(valid.shape, device=hidden.device, dtype=hidden.dtype)
+    # float32 at least (bfloat16 codes under autocast), float64 for float64 codes.
+    logits = logits.to(
+        torch.promote_types(torch.promote_types(logits.dtype, hidden.dtype), torch.float32)
+    )
+    seen = valid.any(dim=1, keepdim=True)  # (B, 1, P)
+    masked = logits.masked_fill(~valid & seen, float("-inf"))  # unseen views drop out
+    weight = torch.softmax(masked, dim=1).to(hidden.dtype)  # (B, V, P)
+    return (hidden * weight[..., None]).sum(dim=1)  # (B, P, W)

@@ -147,7 +147,11 @@ class ScenePredictor(nn.Module):
         self.det_features = det_features
         # The noisy target is concatenated with O_det: RGB (3), disparity (1), features (F).
         self.encoder = ImageEncoder(encoder, target_channels=3 + 3 + 1 + det_features)
-        self.det_field = dataclasses.replace(field, output_features=det_features).build()
+        # O_det's field pools the context views alone: the plain mean (FieldConfig.view_pooling
+        # is about the joint field, where the noisy target view joins them).
+        self.det_field = dataclasses.replace(
+            field, output_features=det_features, view_pooling="mean"
+        ).build()
         self.field = dataclasses.replace(field, output_features=0).build()
         self.det_renderer = VolumeRenderer(
             dataclasses.replace(renderer, num_coarse=det_samples, num_fine=0)
@@ -278,7 +282,8 @@ class PixelNeRFBaseline(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = ImageEncoder(encoder, target_channels=0)
-        self.field = dataclasses.replace(field, output_features=0).build()
+        # Context views only, like O_det's field: the plain mean over them.
+        self.field = dataclasses.replace(field, output_features=0, view_pooling="mean").build()
         self.renderer = VolumeRenderer(renderer)
         self.novel_weight = novel_weight
         self.regularizers = dict(regularizers or {})
