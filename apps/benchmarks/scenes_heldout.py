@@ -7,7 +7,8 @@ K = 16 samples per object, DPM-Solver++(2M) 15 steps, world seed 1000. One objec
 
     uv run python apps/benchmarks/scenes_heldout.py --objects 64 --processes 2 --out OUT
 
-or as shards started separately (e.g. on several machines sharing a folder), merged by
+(``--weights DIR``: another run's weights, written by ``ship_weights.py RUN --out DIR``), or
+as shards started separately (e.g. on several machines sharing a folder), merged by
 ``--pool``:
 
     for i in 0 1; do
@@ -65,6 +66,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="per process")
     parser.add_argument("--processes", type=int, default=1, help="processes sharing the objects")
     parser.add_argument("--pool", type=Path, nargs="+", help="shard folders to merge instead")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="a folder of objects_demo_{dfm,baseline}.safetensors (default: the shipped ones; "
+        "packages/dfm-render/scripts/ship_weights.py RUN --out DIR writes a run's)",
+    )
     args = parser.parse_args()
     if args.pool:
         shards = [json.loads((folder / "scores.json").read_text()) for folder in args.pool]
@@ -94,6 +101,7 @@ def main() -> None:
             shard=shard,
             num_shards=num_shards,
             processes=args.processes,
+            weights_dir=args.weights,
         )
     print(json.dumps(scores, indent=1))
     print(f"{time.perf_counter() - start:.0f} s for {int(scores['num_objects'])} objects")
