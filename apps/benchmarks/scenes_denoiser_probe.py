@@ -11,6 +11,8 @@ takes one x0 estimate (DFM eq. 5's forward model applied to the predicted scene)
 * the fraction of x0 backs that ``scene_heldout.classify_backs`` counts as a palette colour
   (by the back's colour, and stricter, by every hidden pixel), and the fraction whose
   nearest palette colour is the true one;
+* a row ``20, target view only``: the t = 20 estimate's scene rendered with its context view
+  turned away (``target_view_only``), i.e. what the target view's code alone gives;
 * ``object``: the fraction of the hidden pixels (the object's back in the exact render) where
   x0 is closer to the truth than to the render of the same view without the object (the
   ground and sky behind it), i.e. where the estimate draws the object at all.
@@ -29,6 +31,7 @@ pixel-aligned field should reproduce almost exactly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass
@@ -75,6 +78,20 @@ class BackView:
         closer = (x0[0] - self.truth).norm(dim=0) < (x0[0] - self.empty).norm(dim=0)
         figures += [float(int(nearest[0]) == self.hidden_index)]
         return (*figures, float(closer[self.hidden].float().mean()))
+
+
+TARGET_ONLY = f"{LEVELS[0]}, target view only"
+
+
+def target_view_only(scene):
+    """The joint field with its context views turned away: every point lies behind their
+    cameras, so only the target view's code reaches the pooling (``FieldConfig.view_pooling``).
+    How much the context view's code pulls the estimate of the hidden back, which that view
+    sees only through the object's front."""
+    half_turn = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=scene.c2w.dtype))
+    c2w = scene.c2w.clone()
+    c2w[:, :-1] = c2w[:, :-1] @ half_turn  # (B, Vc, 4, 4): 180 degrees about the camera's y
+    return dataclasses.replace(scene, c2w=c2w, cache=None)
 
 
 def without_object(views, truth: dict, index: int, item) -> torch.Tensor:
@@ -142,6 +159,7 @@ def main() -> None:
     schedule = diffusion.schedule
     rows: dict[int | str, list[tuple[float, ...]]] = {"truth": []}
     rows |= {t: [] for t in LEVELS}
+    rows[TARGET_ONLY] = []
     rows["baseline"] = []
     renderer = VolumeRenderer(config.model.renderer).eval()
     n_frames = scenes.WorldConfig().n_frames
@@ -176,7 +194,13 @@ def main() -> None:
                     noise = torch.randn(true_back.shape, generator=seed)
                     t = torch.tensor([float(level)])
                     x_t = schedule.add_noise(true_back, t, noise)
-                    rows[level].append(back_view.score(diffusion.denoise(x_t, t, condition).x0))
+                    denoised = diffusion.denoise(x_t, t, condition)
+                    rows[level].append(back_view.score(denoised.x0))
+                    if level == LEVELS[0]:
+                        alone = target_view_only(denoised.signal)
+                        rows[TARGET_ONLY].append(
+                            back_view.score(renderer(alone, batch.target_params).observation)
+                        )
                 scene = baseline.scene(batch.context)
                 rows["baseline"].append(
                     back_view.score(renderer(scene, batch.target_params).observation)
