@@ -4,10 +4,11 @@ A 3D point x is taken into every view's camera frame, positionally encoded there
 with the feature read at its projection in that view's feature map (pixelNeRF, Yu et al. 2021).
 Each (point, view) pair runs through the first ``combine_layer`` residual blocks on its own,
 the blocks are pooled over the views that see the point (a mean, or with
-``FieldConfig.view_pooling = "learned"`` a softmax-weighted mean whose weights the field learns),
-and the remaining blocks map the pooled code to RGB, density and optional feature channels. Every block is FiLM-modulated by the
-view's diffusion time (DFM, Tewari et al. 2023, section 3.2 and Fig. 2): context views carry
-t = 0, the noisy target view its denoising t; after pooling the target's time conditions.
+``FieldConfig.view_pooling = "learned"`` a softmax-weighted mean whose weights the field
+learns), and the remaining blocks map the pooled code to RGB, density and optional feature
+channels. Every block is FiLM-modulated by the view's diffusion time (DFM, Tewari et al.
+2023, section 3.2 and Fig. 2): context views carry t = 0, the noisy target view its denoising
+t; after pooling the target's time conditions.
 
 The first layer is linear in the concatenation [PE(x); f(uv)], so its feature half commutes with
 bilinear sampling: ``W_f · sample(F, uv) = sample(W_f · F, uv)``. ``project_features`` applies
